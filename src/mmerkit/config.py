@@ -1,0 +1,230 @@
+"""Run configuration: pydantic models, YAML layering and `--set key=value` overrides.
+
+Layers, later wins: class defaults < `configs/models/<model>.yaml` < `configs/datasets/<dataset>.yaml`
+< user file or packaged preset (`--config`) < `--set section.key=value`.
+Unknown keys are errors that name the key and suggest the nearest valid one.
+
+Example:
+    >>> cfg = load_config("early_fusion", overrides=["optim.lr=3e-4", "train.epochs=2"])
+    >>> cfg.optim.lr, cfg.train.epochs
+    (0.0003, 2)
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mmerkit.errors import ConfigError
+from mmerkit.registry import did_you_mean
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(StrictModel):
+    """Base of every model's config; each model subclasses it with its own fields and defaults."""
+
+    name: str = ""
+
+
+class DataConfig(StrictModel):
+    path: str | None = None  # None = the embedded synthetic dataset
+    synthetic: dict[str, Any] = Field(default_factory=dict)  # SynthConfig fields when path is None
+    num_workers: int = 0
+    modalities: list[str] | None = None  # None = all modalities of the store
+
+
+class OptimConfig(StrictModel):
+    optimizer: Literal["adamw", "bertadam"] = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-6
+    warmup_proportion: float = 0.1
+    schedule: Literal["linear", "constant", "cosine"] = "linear"
+    grad_clip: float | None = 1.0
+    accumulate: int = Field(1, ge=1)
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    seed: int = 1
+    deterministic: bool = False
+    accelerator: str = "auto"
+    devices: Union[int, str] = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    threshold: Union[float, Literal["search", "per-label", "default"]] = "default"
+    select_metric: str = "micro_f1"
+    drop_last: bool = True
+    logger: Literal["csv", "tensorboard"] = "csv"
+    progress: bool = True
+    checkpoint_every_n_steps: int = 0  # 0 = end of each epoch only
+
+
+class RunConfig(StrictModel):
+    model: dict[str, Any] = Field(default_factory=dict)  # validated by the model's own config class
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.model.get("name", ""))
+
+
+SECTIONS = ("model", "data", "optim", "train")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate(cls: type[BaseModel], data: dict, where: str) -> BaseModel:
+    """`cls(**data)` with errors that name the key, the value and the nearest valid key."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, cls, where)) from None
+
+
+def _explain(e: ValidationError, cls: type[BaseModel], where: str) -> str:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            top = str(err["loc"][0])
+            fields = _fields_at(cls, err["loc"][:-1])
+            lines.append(f"unknown key {where}.{key}.{did_you_mean(str(err['loc'][-1]), fields)}"
+                         f" Valid keys: {', '.join(fields)}" if fields else f"unknown key {where}.{top}")
+        else:
+            lines.append(f"{where}.{key}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(lines)
+
+
+def _fields_at(cls: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        ann = cls.model_fields.get(str(part))
+        sub = getattr(ann, "annotation", None) if ann else None
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            cls = sub
+        else:
+            return []
+    return list(cls.model_fields)
+
+
+# ----------------------------------------------------------------------------- layering
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def packaged_yaml(kind: str, name: str) -> dict:
+    """A YAML file shipped in `mmerkit/configs/<kind>/<name>.yaml`, or {} if there is none."""
+    res = resources.files("mmerkit") / "configs" / kind / f"{name}.yaml"
+    return _parse_yaml(res.read_text(), str(res)) if res.is_file() else {}
+
+
+def packaged_names(kind: str) -> list[str]:
+    root = resources.files("mmerkit") / "configs" / kind
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml")) if root.is_dir() else []
+
+
+def _parse_yaml(text: str, origin: str) -> dict:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{origin} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping with sections {SECTIONS}, got {type(data).__name__}")
+    unknown = [k for k in data if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{origin}: unknown section {unknown[0]!r}.{did_you_mean(unknown[0], SECTIONS)} "
+                          f"Sections: {', '.join(SECTIONS)}")
+    return data
+
+
+def read_user_config(ref: str | Path) -> dict:
+    """A YAML file path, or the name of a packaged preset (e.g. `carat-authors`)."""
+    path = Path(ref)
+    if path.is_file():
+        return _parse_yaml(path.read_text(), str(path))
+    preset = packaged_yaml("presets", str(ref))
+    if preset:
+        return preset
+    raise ConfigError(f"config {str(ref)!r} is neither a file nor a packaged preset."
+                      f"{did_you_mean(str(ref), packaged_names('presets'))} "
+                      f"Presets: {', '.join(packaged_names('presets')) or '(none)'}")
+
+
+def parse_override(item: str) -> dict:
+    """`optim.lr=1e-4` -> {"optim": {"lr": 1e-4}}; values are parsed as YAML scalars/lists."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=1e-4")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if parts[0] not in SECTIONS or len(parts) < 2:
+        raise ConfigError(f"--set {item!r}: keys look like section.key with section one of "
+                          f"{', '.join(SECTIONS)}.{did_you_mean(parts[0], SECTIONS)}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_numeric(value):
+        value = float(value)  # YAML 1.1 reads "1e-4" as a string
+    out: dict = value
+    for p in reversed(parts):
+        out = {p: out}
+    return out
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def load_config(
+    model: str | None = None,
+    dataset: str | None = None,
+    config: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunConfig:
+    """Build the resolved RunConfig from the layers described in the module docstring."""
+    user = read_user_config(config) if config else {}
+    cli = {}
+    for item in overrides:
+        cli = deep_merge(cli, parse_override(item))
+    name = model or cli.get("model", {}).get("name") or user.get("model", {}).get("name") or "carat"
+    layers = [packaged_yaml("models", name), packaged_yaml("datasets", dataset) if dataset else {}, user, cli]
+    merged: dict = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    merged.setdefault("model", {})["name"] = name
+    return validate(RunConfig, merged, "config")  # type: ignore[return-value]
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def from_yaml(text: str, origin: str = "config.yaml") -> RunConfig:
+    return validate(RunConfig, _parse_yaml(text, origin), "config")  # type: ignore[return-value]

@@ -1,0 +1,12 @@
+"""Importing this package registers every model (each module registers itself)."""
+
+from mmerkit.models import baselines  # noqa: F401
+from mmerkit.models.base import (
+    MMERModel,
+    ModelOutput,
+    create_model,
+    list_models,
+    register_model,
+)
+
+__all__ = ["MMERModel", "ModelOutput", "create_model", "list_models", "register_model"]

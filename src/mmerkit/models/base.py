@@ -1,0 +1,134 @@
+"""The model contract every mmerkit model implements, and the model registry.
+
+A model is an `nn.Module` built from its own pydantic config and a `DataSpec`:
+
+    forward(batch)  -> ModelOutput             # probs (B, L) are what predictions threshold
+    loss(out, batch) -> {"name": term, ..., "total": weighted sum}
+    on_train_batch_end(out, batch, gather)     # state updates (queues, prototypes) after a step
+
+`gather` is the engine's all-gather (concatenates a tensor from every rank along dim 0, in rank
+order; the identity on one process), so stateful models stay identical on every GPU.
+
+Register a model with `@register_model("name", paper=..., year=...)`; the tests loop over
+`list_models()`, so a new model gets forward/backward/overfit/export tests for free.
+
+Example:
+    >>> from mmerkit.data.store import DataSpec
+    >>> spec = DataSpec(("happy", "sad"), {"text": 8, "audio": 4})
+    >>> model = create_model("early_fusion", spec, {"hidden": 16, "layers": 1})
+    >>> type(model).__name__
+    'EarlyFusionTransformer'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from mmerkit.config import ModelConfig, validate
+from mmerkit.data.batch import Batch
+from mmerkit.data.store import DataSpec
+from mmerkit.registry import Registry
+
+Gather = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor  # (B, L); a model whose prediction is not sigmoid(logits) sets probs itself
+    probs: Tensor  # (B, L) in [0, 1]: what thresholds and metrics use
+    features: dict[str, Tensor] = field(default_factory=dict)  # name -> (B, ..., F) latents for t-SNE
+    modality_label_scores: Tensor | None = None  # (B, M, L) per-modality evidence for each label
+    aux: dict[str, Any] = field(default_factory=dict)  # anything loss() needs from forward()
+
+
+class MMERModel(nn.Module):
+    """Base class: subclasses set `config_class`, build layers in `__init__`, implement forward/loss."""
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    default_threshold: ClassVar[float] = 0.5
+    paper: ClassVar[str] = ""
+    year: ClassVar[int] = 0
+
+    def __init__(self, config: ModelConfig, spec: DataSpec):
+        super().__init__()
+        self.config = config
+        self.spec = spec
+
+    @property
+    def threshold(self) -> float:
+        return float(getattr(self.config, "threshold", self.default_threshold))
+
+    def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, out: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        """Default: BCE on the logits. Models with several terms override this."""
+        bce = nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels)
+        return {"bce": bce, "total": bce}
+
+    def on_train_batch_end(self, out: ModelOutput, batch: Batch, gather: Gather) -> None:
+        """Hook for state that changes after each optimiser step (queues, prototypes)."""
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: no decay on biases and normalisation gains (BERT convention)."""
+        decay, no_decay = [], []
+        for n, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "norm" in n.lower() else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+
+MODELS = Registry("model")
+
+
+def register_model(name: str, *, paper: str, year: int, config: type[ModelConfig]):
+    """Class decorator: registers an MMERModel subclass under `name` with its config class."""
+
+    def deco(cls: type[MMERModel]) -> type[MMERModel]:
+        cls.name, cls.paper, cls.year, cls.config_class = name, paper, year, config
+        return MODELS.register(name, paper=paper, year=year)(cls)
+
+    return deco
+
+
+def _ensure_models_imported() -> None:
+    import mmerkit.models  # noqa: F401  (importing the package registers every model)
+
+
+def list_models() -> list[str]:
+    _ensure_models_imported()
+    return MODELS.names()
+
+
+def model_class(name: str) -> type[MMERModel]:
+    _ensure_models_imported()
+    return MODELS.get(name)
+
+
+def build_model_config(name: str, params: dict | None = None) -> ModelConfig:
+    cls = model_class(name)
+    data = dict(params or {})
+    data["name"] = name
+    return validate(cls.config_class, data, "model")  # type: ignore[return-value]
+
+
+def create_model(name: str, spec: DataSpec, params: dict | None = None) -> MMERModel:
+    """Build a registered model; unknown config keys fail with a did-you-mean message."""
+    cfg = build_model_config(name, params)
+    return model_class(name)(cfg, spec)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def all_finite(t: dict[str, Tensor]) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in t.values())
