@@ -112,11 +112,12 @@ def collate(items: dict | list[dict]) -> Batch:
     inputs, masks, present = {}, {}, []
     for m in modalities:
         lens = torch.as_tensor(items[f"len:{m}"], dtype=torch.long)
-        x = torch.from_numpy(np.ascontiguousarray(items[f"x:{m}"], dtype=np.float32))
+        # np.require copies read-only inputs (memmaps, user arrays) so torch never aliases them
+        x = torch.from_numpy(np.require(items[f"x:{m}"], np.float32, ["C", "W"]))
         inputs[m] = x
         masks[m] = torch.arange(x.shape[1])[None, :] < lens[:, None]
         present.append(lens > 0)
-    extras = {k[6:]: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+    extras = {k[6:]: torch.from_numpy(np.require(v, np.float32, ["C", "W"]))
               for k, v in items.items() if k.startswith("extra:")}
     return Batch(
         inputs=inputs,

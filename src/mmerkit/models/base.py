@@ -53,6 +53,8 @@ class MMERModel(nn.Module):
     default_threshold: ClassVar[float] = 0.5
     paper: ClassVar[str] = ""
     year: ClassVar[int] = 0
+    # a tiny config for the registry-wide tests (fast on CPU); every model sets its own
+    test_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()

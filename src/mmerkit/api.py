@@ -1,0 +1,319 @@
+"""The Python twin of every `mmer` command. Each function wires config -> data -> model -> engine.
+
+Example:
+    >>> from mmerkit import api
+    >>> store = api.data_synth("store", samples=600)                       # doctest: +SKIP
+    >>> runs = api.train("early_fusion", "store", epochs=3, out="runs")   # doctest: +SKIP
+    >>> api.evaluate(runs[0].run_dir, split="test")["micro_f1"]           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmerkit.config import RunConfig, from_yaml, load_config
+from mmerkit.data.store import FeatureStore
+from mmerkit.errors import ConfigError, DataError, MMERError
+from mmerkit.registry import did_you_mean
+
+# ----------------------------------------------------------------------------- tables
+
+
+def models_table() -> list[dict[str, Any]]:
+    """Every registered model with its paper and year."""
+    from mmerkit.models.base import MODELS, list_models
+
+    list_models()
+    return [{"name": e.name, "paper": e.info["paper"], "year": e.info["year"]} for e in MODELS.entries()]
+
+
+def _converters() -> dict[str, dict[str, Any]]:
+    """Dataset name -> {convert: fn, description}; converters register here as they are added."""
+    from mmerkit.data import mosei
+
+    table = {
+        "synthetic": {"convert": None, "description": "embedded MOSEI-shaped synthetic data "
+                      "(`mmer data synth`; the default of `mmer train`)"},
+        "mosei-aligned": {"convert": mosei.convert_mosei_aligned,
+                          "description": "CMU-MOSEI aligned train_valid_test.pt (TAILOR/CARAT/RAMer/AMP)"},
+        "mosei-unaligned": {"convert": mosei.convert_mosei_unaligned,
+                            "description": "CMU-MOSEI unaligned MulT pickle + labels from the aligned .pt"},
+    }
+    return table
+
+
+def datasets_table() -> list[dict[str, str]]:
+    return [{"name": k, "description": v["description"]} for k, v in _converters().items()]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def data_synth(out: str | Path, samples: int | None = None, seed: int | None = None,
+               overwrite: bool = False, **params: Any) -> FeatureStore:
+    """Write the embedded synthetic dataset as a FeatureStore at `out`."""
+    from mmerkit.data.synthetic import SynthConfig, write_synthetic
+
+    if samples is not None:
+        params["samples"] = samples
+    if seed is not None:
+        params["seed"] = seed
+    return write_synthetic(out, SynthConfig(**params), overwrite=overwrite)
+
+
+def data_convert(source: str, path: str | Path, out: str | Path, labels_from: str | Path | None = None,
+                 nan_policy: str = "reject", overwrite: bool = False) -> FeatureStore:
+    """Convert a published corpus file into a FeatureStore (see `datasets_table()`)."""
+    table = _converters()
+    if source not in table or table[source]["convert"] is None:
+        names = [k for k, v in table.items() if v["convert"] is not None]
+        raise ConfigError(f"unknown --from {source!r}.{did_you_mean(source, names)} Known: {', '.join(names)}")
+    fn = table[source]["convert"]
+    kwargs: dict[str, Any] = {"nan_policy": nan_policy, "overwrite": overwrite}
+    if source == "mosei-unaligned":
+        if labels_from is None:
+            raise ConfigError("--from mosei-unaligned needs --labels-from train_valid_test.pt: the MulT "
+                              "pickle has no emotion labels, they come from the aligned file")
+        return fn(path, labels_from, out, **kwargs)
+    return fn(path, out, **kwargs)
+
+
+def data_inspect(store: str | Path | FeatureStore) -> dict[str, Any]:
+    """Sizes, sequence lengths, label frequencies and co-occurrence, missing rates, NaN/inf counts."""
+    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    report: dict[str, Any] = {"path": str(store.path), "name": store.name, "labels": store.labels,
+                              "modalities": store.modalities, "aligned": store.aligned,
+                              "source": store.meta.get("source", ""), "splits": {}}
+    for name in store.splits:
+        sp = store.split(name)
+        y = np.asarray(sp.labels, dtype=np.int64)
+        info: dict[str, Any] = {
+            "samples": len(sp),
+            "labels_per_sample": float(y.sum(1).mean()),
+            "label_frequency": dict(zip(store.labels, (y.mean(0)).round(4).tolist())),
+            "cooccurrence": (y.T @ y).tolist(),
+            "empty_label_sets": int((y.sum(1) == 0).sum()),
+            "modalities": {},
+        }
+        for m in store.modalities:
+            lens = np.asarray(sp.lengths[m])
+            x = sp.features[m]
+            nonfinite = sum(int((~np.isfinite(x[i:i + 1024])).sum()) for i in range(0, len(x), 1024))
+            info["modalities"][m] = {"len_min": int(lens.min()), "len_mean": float(lens.mean()),
+                                     "len_max": int(lens.max()), "missing_rate": float((lens == 0).mean()),
+                                     "nonfinite": nonfinite}
+        report["splits"][name] = info
+    return report
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MMERKIT_CACHE", Path.home() / ".cache" / "mmerkit"))
+
+
+def embedded_store(params: dict[str, Any]) -> FeatureStore:
+    """The synthetic store for these generator parameters, generated once into the cache."""
+    from mmerkit.data.synthetic import SynthConfig, write_synthetic
+
+    cfg = SynthConfig(**params)
+    key = hashlib.sha1(cfg.model_dump_json().encode()).hexdigest()[:10]
+    path = _cache_dir() / f"synthetic-{key}"
+    if not (path / "meta.json").exists():
+        write_synthetic(path, cfg, overwrite=True)
+    return FeatureStore(path)
+
+
+def resolve_store(data: str | Path | None, cfg: RunConfig) -> FeatureStore:
+    if data is None and cfg.data.path is None:
+        return embedded_store(cfg.data.synthetic)
+    path = Path(data if data is not None else cfg.data.path)
+    if not path.exists():
+        raise DataError(f"data {path} does not exist; make a store with `mmer data synth --out {path}` "
+                        "or `mmer data convert ... --out`, or omit -d to use the embedded dataset")
+    return FeatureStore(path)
+
+
+def _dataset_key(store: FeatureStore) -> str:
+    source = str(store.meta.get("source", ""))
+    return "synthetic" if source.startswith("mmerkit synthetic") else source.split(":", 1)[0]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _engine_overrides(**kw: Any) -> list[str]:
+    return [f"train.{k}={v}" for k, v in kw.items() if v is not None]
+
+
+def build_config(model: str | None, store: FeatureStore | None, config: str | Path | None,
+                 overrides: Sequence[str], **train_kw: Any) -> RunConfig:
+    dataset = _dataset_key(store) if store is not None else None
+    return load_config(model, dataset, config, [*overrides, *_engine_overrides(**train_kw)])
+
+
+def _run_dir(out: Path, model: str, data_name: str, seed: int, resume: bool) -> Path:
+    base = f"{model}_{data_name}_seed{seed}"
+    candidates = sorted((p for p in out.glob(f"{base}*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    if resume:
+        unfinished = [p for p in candidates if (p / "last.ckpt").exists() and not (p / "test_metrics.json").exists()]
+        if unfinished:
+            return unfinished[-1]
+        raise ConfigError(f"--resume: no unfinished run {base}* with last.ckpt in {out}")
+    path, k = out / base, 2
+    while path.exists():
+        path, k = out / f"{base}_{k}", k + 1
+    return path
+
+
+def train(model: str | None = None, data: str | Path | None = None, *, out: str | Path = "runs",
+          epochs: int | None = None, seeds: Sequence[int] | None = None, config: str | Path | None = None,
+          overrides: Sequence[str] = (), resume: bool = False, **train_kw: Any) -> list:
+    """Train `model` on a store (or the embedded data) once per seed; returns one FitResult per seed.
+
+    `train_kw` are TrainConfig fields (devices, accelerator, num_nodes, strategy, precision,
+    deterministic, batch_size, threshold, ...); `overrides` are `section.key=value` strings.
+    """
+    from lightning_fabric.utilities.seed import seed_everything
+
+    from mmerkit.engine import Engine
+    from mmerkit.models.base import create_model
+
+    cfg0 = build_config(model, None, config, overrides, epochs=epochs, **train_kw)
+    fabric = _make_fabric(cfg0)
+    store = _rank0_first(fabric, lambda: resolve_store(data, cfg0))
+    cfg0 = build_config(model, store, config, overrides, epochs=epochs, **train_kw)
+    out = Path(out)
+    results = []
+    for seed in seeds or [cfg0.train.seed]:
+        cfg = cfg0.model_copy(update={"train": cfg0.train.model_copy(update={"seed": seed})})
+        run_dir = _run_dir(out, cfg.model_name, _dataset_key(store) or store.name, seed, resume)
+        run_dir = Path(fabric.broadcast(str(run_dir), src=0))
+        engine = Engine(cfg, fabric)
+        seed_everything(seed, verbose=False)  # model initialisation depends on the seed too
+        net = create_model(cfg.model_name, store.spec(), cfg.model)
+        results.append(engine.fit(net, store, run_dir, resume=resume))
+    if len(results) > 1 and fabric.global_rank == 0:
+        _write_aggregate(out, results)
+    return results
+
+
+def _make_fabric(cfg: RunConfig):
+    from lightning_fabric import Fabric
+
+    t = cfg.train
+    try:
+        fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                        strategy=t.strategy, precision=t.precision)
+    except (ValueError, RuntimeError, TypeError) as e:  # e.g. more devices than the machine has
+        raise ConfigError(f"cannot set up devices (accelerator={t.accelerator}, devices={t.devices}, "
+                          f"num_nodes={t.num_nodes}, strategy={t.strategy}, precision={t.precision}): {e}") from None
+    if fabric.world_size > 1 or t.num_nodes > 1:
+        fabric.launch()
+    return fabric
+
+
+def _rank0_first(fabric, fn):
+    """Run `fn` on rank 0 first (e.g. generating the embedded store), then on the others."""
+    if fabric.global_rank == 0:
+        result = fn()
+        fabric.barrier()
+        return result
+    fabric.barrier()
+    return fn()
+
+
+def _write_aggregate(out: Path, results: list) -> None:
+    from mmerkit.checkpoint import atomic_write_text
+
+    keys = [k for k, v in results[0].test_metrics.items() if isinstance(v, (int, float))]
+    agg = {}
+    for k in keys:
+        vals = np.array([r.test_metrics[k] for r in results], dtype=float)
+        agg[k] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+    agg["runs"] = [str(r.run_dir) for r in results]
+    atomic_write_text(out / "aggregate.json", json.dumps(agg, indent=2))
+
+
+# ----------------------------------------------------------------------------- eval / predict
+
+
+def load_run(run_dir: str | Path):
+    """(config, model with best weights, store path from env.json) of a finished run directory."""
+    from mmerkit.checkpoint import check_compatible, load_state_into, read_export
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise MMERError(f"{run_dir} is not a run directory (no config.yaml); pass a directory made by `mmer train`")
+    cfg = from_yaml((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
+    meta, state = read_export(run_dir / "export")
+    check_compatible(meta, cfg.model_name, None, run_dir / "export")
+    from mmerkit.data.store import DataSpec
+    from mmerkit.models.base import create_model
+
+    model = create_model(cfg.model_name, DataSpec.from_dict(meta["spec"]), cfg.model)
+    load_state_into(model, state, run_dir / "export" / "model.safetensors")
+    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
+    return cfg, model, meta, env
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
+             threshold: float | str | None = None, drop_modality: str | None = None) -> dict[str, float]:
+    """Evaluate a run's exported model on a split; thresholds are searched on VALIDATION only."""
+    from mmerkit.checkpoint import check_compatible
+    from mmerkit.engine import Engine, choose_threshold
+    from mmerkit.metrics import binarize, compute_metrics
+
+    cfg, model, meta, env = load_run(run_dir)
+    store = resolve_store(data if data is not None else env.get("store"), cfg)
+    check_compatible(meta, None, store.labels, Path(run_dir) / "export")
+    if drop_modality is not None and drop_modality not in store.modalities:
+        raise ConfigError(f"--drop-modality {drop_modality!r}: the store has modalities {list(store.modalities)}"
+                          f".{did_you_mean(drop_modality, list(store.modalities))}")
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"devices": 1, "num_nodes": 1,
+                                                                       "strategy": "auto", "progress": False})})
+    engine = Engine(cfg)
+    if threshold is None:
+        thr = meta["threshold"]
+    elif threshold in ("search", "per-label", "default"):
+        valid = engine.predict_split(model, store, "valid", drop_modality=drop_modality)
+        thr = choose_threshold(threshold, model.threshold, valid.labels, valid.probs)
+    else:
+        thr = float(threshold)
+    res = engine.predict_split(model, store, split, drop_modality=drop_modality)
+    metrics = compute_metrics(res.labels, binarize(res.probs, np.asarray(thr)), store.labels)
+    metrics["threshold"] = thr if isinstance(thr, float) else float(np.mean(thr))
+    return metrics
+
+
+def predict(export_dir: str | Path, inputs: str | Path, split: str = "test", out: str | Path | None = None):
+    """Predict a store split with an exported model; writes CSV/JSONL when `out` is given."""
+    from mmerkit.predict import Predictor
+
+    export_dir = Path(export_dir)
+    if not (export_dir / "config.json").exists() and (export_dir / "export" / "config.json").exists():
+        export_dir = export_dir / "export"  # accept the run directory too
+    preds = Predictor.from_pretrained(export_dir).predict(inputs, split=split)
+    if out is not None:
+        preds.save(out)
+    return preds
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def demo(out: str | Path = "runs/demo", model: str | None = None) -> dict[str, float]:
+    """Train the flagship model on the embedded data with the quick demo preset; print test metrics."""
+    from mmerkit.models.base import list_models
+
+    name = model or ("carat" if "carat" in list_models() else "early_fusion")
+    preset = f"{name}-demo"
+    from mmerkit.config import packaged_names
+
+    config = preset if preset in packaged_names("presets") else None
+    results = train(name, None, out=out, config=config)
+    return results[0].test_metrics

@@ -1,0 +1,188 @@
+"""`mmer`: the command line. Parses arguments and calls `mmerkit.api` (no logic here)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmerkit import api
+from mmerkit.errors import MMERError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Multi-modal multi-label emotion recognition: train, evaluate and predict.")
+data_app = typer.Typer(no_args_is_help=True, help="Make, import and look at FeatureStores.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+def _table(rows: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for key in rows[0] if rows else []:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    return table
+
+
+def _metrics_table(metrics: dict, title: str) -> Table:
+    from mmerkit.metrics import MAIN_METRICS
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in MAIN_METRICS:
+        if k in metrics:
+            table.add_row(k, f"{metrics[k]:.4f}")
+    return table
+
+
+@app.command()
+def models() -> None:
+    """Table of registered models."""
+    console.print(_table(api.models_table(), "models"))
+
+
+@app.command()
+def datasets() -> None:
+    """Table of datasets mmerkit can make or convert."""
+    console.print(_table(api.datasets_table(), "datasets"))
+
+
+@data_app.command("synth")
+def data_synth(out: Path = typer.Option(..., "--out", help="store directory to create"),
+               samples: Optional[int] = typer.Option(None, help="total samples (default 3000)"),
+               seed: Optional[int] = typer.Option(None, help="generator seed"),
+               missing_rate: Optional[float] = typer.Option(None, help="rate of samples missing one modality"),
+               label_noise: Optional[float] = typer.Option(None, help="label flip rate in train"),
+               overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
+    """Write the embedded synthetic MOSEI-shaped dataset."""
+    extra = {k: v for k, v in {"missing_rate": missing_rate, "label_noise": label_noise}.items() if v is not None}
+    store = api.data_synth(out, samples=samples, seed=seed, overwrite=overwrite, **extra)
+    console.print(f"wrote {store}")
+
+
+@data_app.command("convert")
+def data_convert(path: Path = typer.Argument(..., help="input file"),
+                 source: str = typer.Option(..., "--from", help="input format, see `mmer datasets`"),
+                 out: Path = typer.Option(..., "--out", help="store directory to create"),
+                 labels_from: Optional[Path] = typer.Option(None, help="aligned .pt with the labels (mosei-unaligned)"),
+                 nan_policy: str = typer.Option("reject", help="reject | zero: what to do with NaN/inf"),
+                 overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
+    """Convert a published corpus file into a FeatureStore."""
+    store = api.data_convert(source, path, out, labels_from=labels_from, nan_policy=nan_policy, overwrite=overwrite)
+    console.print(f"wrote {store}")
+
+
+@data_app.command("inspect")
+def data_inspect(store: Path = typer.Argument(..., help="store directory"),
+                 as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables")) -> None:
+    """Sizes, lengths, label statistics and missing modalities of a store."""
+    report = api.data_inspect(store)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    console.print(f"[bold]{report['name']}[/] {report['path']}  labels {report['labels']}  "
+                  f"modalities {report['modalities']}  aligned {report['aligned']}")
+    rows = []
+    for split, info in report["splits"].items():
+        row = {"split": split, "samples": info["samples"], "labels/sample": f"{info['labels_per_sample']:.2f}",
+               "empty": info["empty_label_sets"]}
+        for m, mi in info["modalities"].items():
+            row[f"{m} len"] = f"{mi['len_min']}-{mi['len_max']} ({mi['len_mean']:.1f})"
+            row[f"{m} missing"] = f"{mi['missing_rate']:.1%}"
+        rows.append(row)
+    console.print(_table(rows, "splits"))
+    freq = [{"label": lab, **{s: f"{info['label_frequency'][lab]:.3f}" for s, info in report["splits"].items()}}
+            for lab in report["labels"]]
+    console.print(_table(freq, "label frequency"))
+
+
+@app.command()
+def train(model: Optional[str] = typer.Option(None, "-m", "--model", help="model name, see `mmer models`"),
+          data: Optional[Path] = typer.Option(None, "-d", "--data", help="store (default: embedded data)"),
+          out: Path = typer.Option(Path("runs"), "--out", help="directory for run directories"),
+          epochs: Optional[int] = typer.Option(None, help="training epochs"),
+          seeds: Optional[List[int]] = typer.Option(None, "--seeds", help="one run per seed"),
+          config: Optional[str] = typer.Option(None, "--config", help="YAML file or packaged preset"),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. optim.lr=1e-4"),
+          devices: Optional[str] = typer.Option(None, help="devices per node (int or 'auto')"),
+          accelerator: Optional[str] = typer.Option(None, help="cpu | gpu | auto"),
+          num_nodes: Optional[int] = typer.Option(None, "--num-nodes"),
+          strategy: Optional[str] = typer.Option(None, help="auto | ddp | fsdp"),
+          precision: Optional[str] = typer.Option(None, help="32-true | bf16-mixed | 16-mixed"),
+          deterministic: bool = typer.Option(False, "--deterministic", help="deterministic algorithms"),
+          threshold: Optional[str] = typer.Option(None, help="default | search | per-label | a number"),
+          resume: bool = typer.Option(False, "--resume", help="continue the latest unfinished run in --out")) -> None:
+    """Train a model; each seed gets its own run directory under --out."""
+    results = api.train(model, data, out=out, epochs=epochs, seeds=seeds, config=config, overrides=set_ or [],
+                        resume=resume, devices=devices, accelerator=accelerator, num_nodes=num_nodes,
+                        strategy=strategy, precision=precision, deterministic=deterministic or None,
+                        threshold=threshold)
+    for r in results:
+        if r.run_dir is not None:
+            console.print(f"run: {r.run_dir}")
+
+
+@app.command("eval")
+def evaluate(run: Path = typer.Argument(..., help="run directory"),
+             data: Optional[Path] = typer.Option(None, "-d", "--data", help="store (default: the run's)"),
+             split: str = typer.Option("test", help="split to evaluate"),
+             threshold: Optional[str] = typer.Option(None, help="saved (default) | search | per-label | a number"),
+             drop_modality: Optional[str] = typer.Option(None, "--drop-modality", help="remove a modality")) -> None:
+    """Evaluate a trained run on a split."""
+    thr = threshold
+    if threshold is not None and threshold not in ("search", "per-label", "default"):
+        thr = float(threshold)
+    metrics = api.evaluate(run, data, split=split, threshold=thr, drop_modality=drop_modality)
+    console.print(_metrics_table(metrics, f"{run} [{split}]"))
+    print(json.dumps(metrics))
+
+
+@app.command()
+def predict(export: Path = typer.Argument(..., help="export directory (RUN/export)"),
+            inputs: Path = typer.Option(..., "--inputs", help="store with the inputs"),
+            split: str = typer.Option("test", help="split of the store"),
+            out: Path = typer.Option(Path("preds.csv"), "--out", help=".csv or .jsonl")) -> None:
+    """Predict label sets with an exported model."""
+    preds = api.predict(export, inputs, split=split, out=out)
+    console.print(f"wrote {len(preds.ids)} predictions to {out}")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out")) -> None:
+    """Train the flagship model on the embedded data and print the test metrics."""
+    metrics = api.demo(out)
+    console.print(_metrics_table(metrics, "demo: test metrics"))
+
+
+def expand_multi_value(argv: list[str], options=("--seeds",)) -> list[str]:
+    """`--seeds 1 2 3` -> `--seeds 1 --seeds 2 --seeds 3` (click options take one value each)."""
+    out, current = [], None
+    for arg in argv:
+        if arg in options:
+            current = arg
+            continue
+        if current is not None and not arg.startswith("-"):
+            out += [current, arg]
+            continue
+        current = None
+        out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(expand_multi_value(list(sys.argv[1:] if argv is None else argv)), prog_name="mmer")
+    except MMERError as e:
+        Console(stderr=True).print(f"[bold red]error:[/] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

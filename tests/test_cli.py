@@ -1,0 +1,55 @@
+"""The invocations the docs show, run through the real `mmer` entry point (in-process)."""
+
+import json
+
+import pytest
+import torch
+from helpers import TINY, toy_store
+
+from mmerkit.cli import app, expand_multi_value, main
+from typer.testing import CliRunner
+
+torch.set_num_threads(1)
+runner = CliRunner()
+
+
+def mmer(*args: str):
+    result = runner.invoke(app, expand_multi_value(list(args)), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_tables():
+    assert "early_fusion" in mmer("models")
+    assert "mosei-aligned" in mmer("datasets")
+
+
+def test_seeds_expand():
+    assert expand_multi_value(["train", "--seeds", "1", "2", "--out", "x"]) == \
+        ["train", "--seeds", "1", "--seeds", "2", "--out", "x"]
+
+
+def test_train_eval_predict_inspect(tmp_path):
+    store = toy_store(tmp_path / "store").path
+    sets = [a for s in TINY for a in ("--set", s)]
+    mmer("train", "-m", "early_fusion", "-d", str(store), "--epochs", "2", "--out", str(tmp_path / "runs"),
+         "--seeds", "1", "2", *sets, "--set", "train.batch_size=16", "--set", "train.progress=false")
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert [p.name for p in runs] == ["early_fusion_toy_seed1", "early_fusion_toy_seed2"]
+    agg = json.loads((tmp_path / "runs" / "aggregate.json").read_text())
+    assert set(agg["micro_f1"]) == {"mean", "std"}
+    out = mmer("eval", str(runs[0]), "-d", str(store), "--split", "test")
+    assert json.loads(out.strip().splitlines()[-1])["micro_f1"] >= 0
+    mmer("predict", str(runs[0] / "export"), "--inputs", str(store), "--split", "test", "--out", str(tmp_path / "p.csv"))
+    assert (tmp_path / "p.csv").read_text().startswith("id,p_happy")
+    assert "label frequency" in mmer("data", "inspect", str(store))
+    report = json.loads(mmer("data", "inspect", str(store), "--json"))
+    assert report["splits"]["train"]["samples"] == 64
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "-d", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err

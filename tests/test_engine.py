@@ -1,0 +1,134 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import LABELS, TINY, random_split, toy_store
+
+from mmerkit import api
+from mmerkit.checkpoint import load_training_state
+from mmerkit.data.store import write_store
+from mmerkit.errors import CheckpointError, DataError
+from mmerkit.metrics import binarize, compute_metrics
+from mmerkit.predict import Predictor
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    store = toy_store(root / "store")
+    [res] = api.train("early_fusion", store.path, out=root / "runs", epochs=3, overrides=TINY,
+                      batch_size=16, progress=False)
+    return store, res
+
+
+def test_run_directory_contents(trained):
+    store, res = trained
+    d = res.run_dir
+    for name in ("config.yaml", "env.json", "metrics.csv", "last.ckpt", "best.ckpt", "test_metrics.json",
+                 "export/config.json", "export/model.safetensors"):
+        assert (d / name).exists(), name
+    test = json.loads((d / "test_metrics.json").read_text())
+    for key in ("micro_f1", "micro_precision", "micro_recall", "macro_f1", "accuracy", "hamming_loss", "best_epoch"):
+        assert key in test
+    rows = (d / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,split") and len(rows) == 1 + 2 * 3
+    env = json.loads((d / "env.json").read_text())
+    assert env["seed"] == 1 and env["torch"] == torch.__version__
+
+
+def test_test_split_is_evaluated_whole_with_best_weights(trained):
+    store, res = trained
+    pred = Predictor.from_pretrained(res.run_dir / "export").predict(store.path, split="test")
+    assert len(pred.ids) == store.splits["test"]  # no drop_last, no shuffling on test
+    y = np.asarray(store.split("test").labels)
+    m = compute_metrics(y, binarize(pred.probs, res.threshold), LABELS)
+    assert m["micro_f1"] == pytest.approx(res.test_metrics["micro_f1"], abs=1e-9)
+    best = load_training_state(res.run_dir / "best.ckpt")
+    assert best["train_state"]["best_epoch"] == res.best_epoch
+
+
+def test_evaluate_and_threshold_search_use_validation(trained):
+    store, res = trained
+    saved = api.evaluate(res.run_dir, split="test")
+    assert saved["micro_f1"] == pytest.approx(res.test_metrics["micro_f1"])
+    searched = api.evaluate(res.run_dir, split="test", threshold="search")
+    assert 0.0 < searched["threshold"] < 1.0
+    dropped = api.evaluate(res.run_dir, split="test", drop_modality="audio")
+    assert math.isfinite(dropped["micro_f1"])
+
+
+def test_predict_csv_and_arrays(trained, tmp_path):
+    store, res = trained
+    preds = api.predict(res.run_dir / "export", store.path, split="test", out=tmp_path / "p.csv")
+    header = (tmp_path / "p.csv").read_text().splitlines()[0]
+    assert header == "id,p_happy,p_sad,p_anger,labels"
+    assert preds.ids[0] == "s3-0"
+    sp = store.split("test")
+    arrays = {m: np.asarray(sp.features[m]) for m in store.modalities}
+    arrays.update({f"{m}_len": np.asarray(sp.lengths[m]) for m in store.modalities})
+    again = Predictor.from_pretrained(res.run_dir / "export").predict(arrays)
+    np.testing.assert_allclose(again.probs, preds.probs, atol=1e-5)
+
+
+def test_predict_rejects_wrong_inputs(trained, tmp_path):
+    store, res = trained
+    p = Predictor.from_pretrained(res.run_dir / "export")
+    with pytest.raises(DataError, match="no 'audio' features"):
+        p.predict({"text": np.zeros((2, 6, 8), np.float32)})
+    with pytest.raises(DataError, match=r"expected \(N, T, 4\)"):
+        p.predict({"text": np.zeros((2, 6, 8), np.float32), "audio": np.zeros((2, 6, 5), np.float32)})
+    other = write_store(tmp_path / "o", {"test": random_split(4, 1, dims=(("text", 8), ("visual", 4)))}, LABELS)
+    with pytest.raises(DataError, match="missing modalities \\['audio'\\]"):
+        p.predict(other.path)
+
+
+def test_export_of_another_label_set_is_rejected(trained, tmp_path):
+    store, res = trained
+    other = write_store(tmp_path / "o", {s: random_split(8, 1) for s in ("train", "valid", "test")},
+                        ["x", "y", "z"])
+    with pytest.raises(CheckpointError, match="trained on labels"):
+        api.evaluate(res.run_dir, data=other.path)
+
+
+def test_damaged_checkpoints(trained, tmp_path):
+    store, res = trained
+    with pytest.raises(CheckpointError, match="belongs to model 'early_fusion', not 'carat'"):
+        load_training_state(res.run_dir / "last.ckpt", "carat")
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes((res.run_dir / "last.ckpt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_training_state(bad)
+    (tmp_path / "last.ckpt.prev").write_bytes((res.run_dir / "last.ckpt").read_bytes())
+    with pytest.warns(UserWarning, match="resuming from the previous checkpoint"):
+        assert load_training_state(bad)["model_name"] == "early_fusion"
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        Predictor.from_pretrained(tmp_path / "export")
+
+
+def test_resume_continues_to_identical_result(tmp_path):
+    store = toy_store(tmp_path / "store")
+    kw = dict(epochs=3, overrides=TINY, batch_size=16, progress=False, deterministic=True)
+    [full] = api.train("early_fusion", store.path, out=tmp_path / "a", **kw)
+    # simulate a crash after epoch 2: train 2 epochs, then mark the run unfinished and resume to 3
+    [part] = api.train("early_fusion", store.path, out=tmp_path / "b", **{**kw, "epochs": 2})
+    (part.run_dir / "test_metrics.json").unlink()
+    cfg = (part.run_dir / "config.yaml").read_text().replace("epochs: 2", "epochs: 3")
+    (part.run_dir / "config.yaml").write_text(cfg)
+    [resumed] = api.train("early_fusion", store.path, out=tmp_path / "b", resume=True, **kw)
+    assert resumed.run_dir == part.run_dir
+    assert resumed.test_metrics["micro_f1"] == pytest.approx(full.test_metrics["micro_f1"], abs=1e-9)
+    assert [r["epoch"] for r in resumed.history] == [1, 1, 2, 2, 3, 3]
+
+
+def test_missing_split_and_data(tmp_path):
+    store = write_store(tmp_path / "s", {"train": random_split(8, 1), "test": random_split(8, 2)}, LABELS)
+    with pytest.raises(DataError, match="no 'valid' split"):
+        api.train("early_fusion", store.path, out=tmp_path / "r", epochs=1, overrides=TINY, progress=False)
+    with pytest.raises(DataError, match="does not exist"):
+        api.train("early_fusion", tmp_path / "nope", out=tmp_path / "r", epochs=1, progress=False)

@@ -1,0 +1,104 @@
+"""Every registered model gets these tests for free (timm-style): shapes, finite losses, gradients,
+overfitting 32 samples, a missing modality, and an export round trip with identical predictions."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmerkit.checkpoint import read_export, save_export, load_state_into
+from mmerkit.data.batch import Batch
+from mmerkit.data.store import DataSpec
+from mmerkit.models.base import MMERModel, create_model, list_models, model_class
+
+torch.set_num_threads(1)
+SPEC = DataSpec(("happy", "sad", "anger", "fear"), {"text": 12, "visual": 5, "audio": 7}, True,
+                {"text": 8, "visual": 8, "audio": 8})
+
+
+def make_batch(b=32, t=8, seed=0, missing: str | None = None) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(b, SPEC.num_labels, generator=g) < 0.4).float()
+    y[y.sum(1) == 0, 0] = 1
+    inputs = {m: torch.randn(b, t, d, generator=g) for m, d in SPEC.modalities.items()}
+    inputs["text"][:, 2, : SPEC.num_labels] += 2 * y  # learnable evidence
+    masks = {m: torch.ones(b, t, dtype=torch.bool) for m in SPEC.modalities}
+    masks["audio"][: b // 2, t // 2:] = False  # variable lengths
+    present = torch.ones(b, len(SPEC.modalities), dtype=torch.bool)
+    batch = Batch(inputs, masks, present, y, torch.arange(b), SPEC.modality_names)
+    return batch.without(missing) if missing else batch
+
+
+def build(name: str, seed: int = 0) -> MMERModel:
+    torch.manual_seed(seed)
+    return create_model(name, SPEC, model_class(name).test_params)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_and_finite_losses(name):
+    model = build(name)
+    batch = make_batch()
+    out = model(batch)
+    assert out.logits.shape == out.probs.shape == (32, SPEC.num_labels)
+    assert ((out.probs >= 0) & (out.probs <= 1)).all()
+    losses = model.loss(out, batch)
+    assert "total" in losses and all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.on_train_batch_end(out, batch, lambda x: x)
+    if out.modality_label_scores is not None:
+        assert out.modality_label_scores.shape == (32, len(SPEC.modalities), SPEC.num_labels)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_missing_modality_is_finite(name):
+    model = build(name)
+    for missing in SPEC.modalities:
+        batch = make_batch(missing=missing)
+        for train in (True, False):
+            model.train(train)
+            out = model(batch)
+            assert torch.isfinite(out.probs).all(), (missing, train)
+            if train:
+                assert all(torch.isfinite(v) for v in model.loss(out, batch).values())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_overfits_32_samples(name):
+    model = build(name)
+    batch = make_batch(seed=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        out = model(batch)
+        loss = model.loss(out, batch)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.on_train_batch_end(out, batch, lambda x: x)
+    model.eval()
+    with torch.no_grad():
+        probs = model(batch).probs
+    pred = (probs > model.threshold).float()
+    acc = (pred == batch.labels).float().mean().item()
+    assert acc > 0.95, f"{name} reached only {acc:.3f} bit accuracy on 32 training samples"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_export_round_trip_identical(name, tmp_path):
+    model = build(name).eval()
+    batch = make_batch(seed=2)
+    with torch.no_grad():
+        before = model(batch).probs
+    save_export(tmp_path, model, {"model_name": name})
+    meta, state = read_export(tmp_path)
+    fresh = build(name, seed=123).eval()
+    load_state_into(fresh, state, tmp_path)
+    with torch.no_grad():
+        after = fresh(batch).probs
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
+
+
+def test_every_model_has_paper_and_tiny_config():
+    for name in list_models():
+        cls = model_class(name)
+        assert cls.paper and cls.year > 1900 and cls.test_params, name
