@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 from helpers import TINY, toy_store
+from typer.testing import CliRunner
 
 from mmerkit.cli import app, expand_multi_value, main
-from typer.testing import CliRunner
 
 torch.set_num_threads(1)
 runner = CliRunner()

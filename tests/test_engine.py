@@ -132,3 +132,11 @@ def test_missing_split_and_data(tmp_path):
         api.train("early_fusion", store.path, out=tmp_path / "r", epochs=1, overrides=TINY, progress=False)
     with pytest.raises(DataError, match="does not exist"):
         api.train("early_fusion", tmp_path / "nope", out=tmp_path / "r", epochs=1, progress=False)
+
+
+def test_accumulation_bertadam_and_tensorboard(tmp_path):
+    store = toy_store(tmp_path / "store")
+    [res] = api.train("early_fusion", store.path, out=tmp_path / "r", epochs=1, progress=False, batch_size=8,
+                      overrides=[*TINY, "optim.accumulate=2", "optim.optimizer=bertadam", "train.logger=tensorboard"])
+    assert math.isfinite(res.test_metrics["micro_f1"])
+    assert list((res.run_dir / "tensorboard").iterdir())

@@ -1,11 +1,10 @@
 """Every registered model gets these tests for free (timm-style): shapes, finite losses, gradients,
 overfitting 32 samples, a missing modality, and an export round trip with identical predictions."""
 
-import numpy as np
 import pytest
 import torch
 
-from mmerkit.checkpoint import read_export, save_export, load_state_into
+from mmerkit.checkpoint import load_state_into, read_export, save_export
 from mmerkit.data.batch import Batch
 from mmerkit.data.store import DataSpec
 from mmerkit.models.base import MMERModel, create_model, list_models, model_class

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mmerkit import api
@@ -56,10 +56,10 @@ def datasets() -> None:
 
 @data_app.command("synth")
 def data_synth(out: Path = typer.Option(..., "--out", help="store directory to create"),
-               samples: Optional[int] = typer.Option(None, help="total samples (default 3000)"),
-               seed: Optional[int] = typer.Option(None, help="generator seed"),
-               missing_rate: Optional[float] = typer.Option(None, help="rate of samples missing one modality"),
-               label_noise: Optional[float] = typer.Option(None, help="label flip rate in train"),
+               samples: int | None = typer.Option(None, help="total samples (default 3000)"),
+               seed: int | None = typer.Option(None, help="generator seed"),
+               missing_rate: float | None = typer.Option(None, help="rate of samples missing one modality"),
+               label_noise: float | None = typer.Option(None, help="label flip rate in train"),
                overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
     """Write the embedded synthetic MOSEI-shaped dataset."""
     extra = {k: v for k, v in {"missing_rate": missing_rate, "label_noise": label_noise}.items() if v is not None}
@@ -71,7 +71,7 @@ def data_synth(out: Path = typer.Option(..., "--out", help="store directory to c
 def data_convert(path: Path = typer.Argument(..., help="input file"),
                  source: str = typer.Option(..., "--from", help="input format, see `mmer datasets`"),
                  out: Path = typer.Option(..., "--out", help="store directory to create"),
-                 labels_from: Optional[Path] = typer.Option(None, help="aligned .pt with the labels (mosei-unaligned)"),
+                 labels_from: Path | None = typer.Option(None, help="aligned .pt with the labels (mosei-unaligned)"),
                  nan_policy: str = typer.Option("reject", help="reject | zero: what to do with NaN/inf"),
                  overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
     """Convert a published corpus file into a FeatureStore."""
@@ -104,37 +104,39 @@ def data_inspect(store: Path = typer.Argument(..., help="store directory"),
 
 
 @app.command()
-def train(model: Optional[str] = typer.Option(None, "-m", "--model", help="model name, see `mmer models`"),
-          data: Optional[Path] = typer.Option(None, "-d", "--data", help="store (default: embedded data)"),
+def train(model: str | None = typer.Option(None, "-m", "--model", help="model name, see `mmer models`"),
+          data: Path | None = typer.Option(None, "-d", "--data", help="store (default: embedded data)"),
           out: Path = typer.Option(Path("runs"), "--out", help="directory for run directories"),
-          epochs: Optional[int] = typer.Option(None, help="training epochs"),
-          seeds: Optional[List[int]] = typer.Option(None, "--seeds", help="one run per seed"),
-          config: Optional[str] = typer.Option(None, "--config", help="YAML file or packaged preset"),
-          set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. optim.lr=1e-4"),
-          devices: Optional[str] = typer.Option(None, help="devices per node (int or 'auto')"),
-          accelerator: Optional[str] = typer.Option(None, help="cpu | gpu | auto"),
-          num_nodes: Optional[int] = typer.Option(None, "--num-nodes"),
-          strategy: Optional[str] = typer.Option(None, help="auto | ddp | fsdp"),
-          precision: Optional[str] = typer.Option(None, help="32-true | bf16-mixed | 16-mixed"),
+          epochs: int | None = typer.Option(None, help="training epochs"),
+          seeds: list[int] | None = typer.Option(None, "--seeds", help="one run per seed"),
+          config: str | None = typer.Option(None, "--config", help="YAML file or packaged preset"),
+          set_: list[str] | None = typer.Option(None, "--set", help="override, e.g. optim.lr=1e-4"),
+          devices: str | None = typer.Option(None, help="devices per node (int or 'auto')"),
+          accelerator: str | None = typer.Option(None, help="cpu | gpu | auto"),
+          num_nodes: int | None = typer.Option(None, "--num-nodes"),
+          strategy: str | None = typer.Option(None, help="auto | ddp | fsdp"),
+          precision: str | None = typer.Option(None, help="32-true | bf16-mixed | 16-mixed"),
           deterministic: bool = typer.Option(False, "--deterministic", help="deterministic algorithms"),
-          threshold: Optional[str] = typer.Option(None, help="default | search | per-label | a number"),
+          threshold: str | None = typer.Option(None, help="default | search | per-label | a number"),
           resume: bool = typer.Option(False, "--resume", help="continue the latest unfinished run in --out")) -> None:
     """Train a model; each seed gets its own run directory under --out."""
     results = api.train(model, data, out=out, epochs=epochs, seeds=seeds, config=config, overrides=set_ or [],
                         resume=resume, devices=devices, accelerator=accelerator, num_nodes=num_nodes,
                         strategy=strategy, precision=precision, deterministic=deterministic or None,
                         threshold=threshold)
-    for r in results:
-        if r.run_dir is not None:
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        for r in results:
             console.print(f"run: {r.run_dir}")
 
 
 @app.command("eval")
 def evaluate(run: Path = typer.Argument(..., help="run directory"),
-             data: Optional[Path] = typer.Option(None, "-d", "--data", help="store (default: the run's)"),
+             data: Path | None = typer.Option(None, "-d", "--data", help="store (default: the run's)"),
              split: str = typer.Option("test", help="split to evaluate"),
-             threshold: Optional[str] = typer.Option(None, help="saved (default) | search | per-label | a number"),
-             drop_modality: Optional[str] = typer.Option(None, "--drop-modality", help="remove a modality")) -> None:
+             threshold: str | None = typer.Option(None, help="saved (default) | search | per-label | a number"),
+             drop_modality: str | None = typer.Option(None, "--drop-modality", help="remove a modality")) -> None:
     """Evaluate a trained run on a split."""
     thr = threshold
     if threshold is not None and threshold not in ("search", "per-label", "default"):
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(expand_multi_value(list(sys.argv[1:] if argv is None else argv)), prog_name="mmer")
     except MMERError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}")
+        # soft_wrap: one line per message however narrow the terminal; escape: paths may hold [ ]
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(2)
 
 

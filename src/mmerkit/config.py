@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -60,11 +60,11 @@ class TrainConfig(StrictModel):
     seed: int = 1
     deterministic: bool = False
     accelerator: str = "auto"
-    devices: Union[int, str] = 1
+    devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
-    threshold: Union[float, Literal["search", "per-label", "default"]] = "default"
+    threshold: float | Literal["search", "per-label", "default"] = "default"
     select_metric: str = "micro_f1"
     drop_last: bool = True
     logger: Literal["csv", "tensorboard"] = "csv"

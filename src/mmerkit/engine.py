@@ -20,9 +20,10 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,6 @@ from torch.utils.data import DataLoader, Sampler
 from mmerkit import __version__
 from mmerkit.checkpoint import (
     atomic_write_text,
-    check_compatible,
     load_training_state,
     save_export,
     save_training_state,
@@ -40,10 +40,15 @@ from mmerkit.checkpoint import (
 from mmerkit.config import RunConfig, to_yaml
 from mmerkit.data.batch import Batch, StoreDataset, collate
 from mmerkit.data.store import FeatureStore
-from mmerkit.metrics import HIGHER_IS_BETTER, binarize, compute_metrics, format_metrics, search_threshold
+from mmerkit.metrics import (
+    HIGHER_IS_BETTER,
+    binarize,
+    compute_metrics,
+    format_metrics,
+    search_threshold,
+)
 from mmerkit.models.base import MMERModel, all_finite
 from mmerkit.optim import build_optimizer, lr_lambda
-
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -134,8 +139,12 @@ class Engine:
         """All-gather along dim 0 in rank order (identity on one process)."""
         if self.fabric.world_size == 1:
             return x
-        out = self.fabric.all_gather(x)
-        return out.reshape(-1, *x.shape[1:])
+        import torch.distributed as dist
+
+        # state updates and metrics need no gradient: the plain collective is enough
+        parts = [torch.empty_like(x) for _ in range(self.fabric.world_size)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, 0)
 
     def loader(self, store: FeatureStore, split: str, train: bool, seed: int = 0) -> DataLoader:
         t = self.cfg.train
@@ -250,6 +259,7 @@ class Engine:
             if run_dir is not None and self.is_main:
                 self._save(run_dir / "last.ckpt", model, optimizer, scheduler, state, spec)
                 self._write_metrics_csv(run_dir, state.history)
+                self._log_tensorboard(run_dir, epoch + 1, row_train, row_valid)
             self.print(f"epoch {epoch + 1}/{t.epochs}  loss {train_metrics.get('loss/total', float('nan')):.4f}"
                        f"  valid {format_metrics(valid.metrics)}")
 
@@ -320,7 +330,7 @@ class Engine:
             out_metrics.update(compute_metrics(y, binarize(p, model.threshold), store.labels))
         return out_metrics
 
-    def _finish(self, model: MMERModel, store: FeatureStore, run_dir: Path | None, state: "_TrainState") -> FitResult:
+    def _finish(self, model: MMERModel, store: FeatureStore, run_dir: Path | None, state: _TrainState) -> FitResult:
         t = self.cfg.train
         if state.best_weights is None:  # resumed after the last epoch: best.ckpt holds them
             state.best_weights = load_training_state(run_dir / "best.ckpt")["model"]
@@ -342,7 +352,7 @@ class Engine:
                          test_metrics, state.history)
 
     # -- files
-    def _save(self, path: Path, model, optimizer, scheduler, state: "_TrainState", spec, keep_prev=True) -> None:
+    def _save(self, path: Path, model, optimizer, scheduler, state: _TrainState, spec, keep_prev=True) -> None:
         save_training_state(path, {
             "model_name": model.name,
             "labels": list(spec.labels),
@@ -354,7 +364,7 @@ class Engine:
             "config": self.cfg.model_dump(mode="json"),
         }, keep_previous=keep_prev)
 
-    def _restore(self, path: Path, model, optimizer, scheduler, store: FeatureStore) -> "_TrainState":
+    def _restore(self, path: Path, model, optimizer, scheduler, store: FeatureStore) -> _TrainState:
         ckpt = load_training_state(path, model.name, store.labels)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -370,6 +380,25 @@ class Engine:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", to_yaml(self.cfg))
         atomic_write_text(run_dir / "env.json", json.dumps(environment(self.fabric, self.cfg, store), indent=2))
+
+    def _log_tensorboard(self, run_dir: Path, epoch: int, *rows: dict) -> None:
+        """Optional second logger (`train.logger: tensorboard`); CSV is always written."""
+        if self.cfg.train.logger != "tensorboard":
+            return
+        if getattr(self, "_tb", None) is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from mmerkit.errors import ConfigError
+
+                raise ConfigError("train.logger=tensorboard needs the tensorboard package: "
+                                  "pip install 'mmerkit[tensorboard]'") from None
+            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+        for row in rows:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    self._tb.add_scalar(f"{row['split']}/{k}", v, epoch)
+        self._tb.flush()
 
     @staticmethod
     def _write_metrics_csv(run_dir: Path, history: list[dict]) -> None:
@@ -402,7 +431,7 @@ class _TrainState:
                 "best_score": self.best_score, "best_epoch": self.best_epoch, "history": self.history}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "_TrainState":
+    def from_dict(cls, d: dict) -> _TrainState:
         return cls(**d)
 
 
@@ -479,7 +508,13 @@ class _progress:
     """A rich progress bar for one epoch (rank 0 only)."""
 
     def __init__(self, console, description: str, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class Predictor:
         self.threshold = meta["threshold"]
 
     @classmethod
-    def from_pretrained(cls, export_dir: str | Path, device: str = "cpu") -> "Predictor":
+    def from_pretrained(cls, export_dir: str | Path, device: str = "cpu") -> Predictor:
         export_dir = Path(export_dir)
         meta, state = read_export(export_dir)
         params = {k: v for k, v in meta["model"].items() if k != "name"}

@@ -11,8 +11,9 @@ Example:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:

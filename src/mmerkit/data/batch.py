@@ -38,7 +38,7 @@ class Batch:
     def size(self) -> int:
         return int(self.labels.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         def move(x):
             if isinstance(x, Tensor):
                 return x.to(device, non_blocking=True)
@@ -48,7 +48,7 @@ class Batch:
 
         return Batch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         def pin(x):
             if isinstance(x, Tensor):
                 return x.pin_memory()
@@ -58,7 +58,7 @@ class Batch:
 
         return Batch(**{f.name: pin(getattr(self, f.name)) for f in fields(self)})
 
-    def without(self, modality: str) -> "Batch":
+    def without(self, modality: str) -> Batch:
         """The same batch with one modality removed (zeros, masks False, present False)."""
         m = self.modalities.index(modality)
         present = self.present.clone()

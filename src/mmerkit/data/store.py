@@ -31,9 +31,10 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class DataSpec:
                 "aligned": self.aligned, "max_len": dict(self.max_len), "extras": dict(self.extras)}
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "DataSpec":
+    def from_dict(cls, d: Mapping) -> DataSpec:
         return cls(tuple(d["labels"]), dict(d["modalities"]), bool(d.get("aligned", True)),
                    dict(d.get("max_len", {})), dict(d.get("extras", {})))
 
@@ -102,7 +103,7 @@ def write_store(
     nan_policy: NanPolicy = "reject",
     empty_labels: EmptyLabelPolicy = "reject",
     overwrite: bool = False,
-) -> "FeatureStore":
+) -> FeatureStore:
     """Validate `splits` and write them as a FeatureStore at `path`, atomically."""
     path = Path(path)
     if path.exists() and not overwrite:

@@ -1,7 +1,9 @@
 """Importing this package registers every model (each module registers itself)."""
 
-from mmerkit.models import baselines  # noqa: F401
-from mmerkit.models import carat  # noqa: F401
+from mmerkit.models import (
+    baselines,  # noqa: F401
+    carat,  # noqa: F401
+)
 from mmerkit.models.base import (
     MMERModel,
     ModelOutput,

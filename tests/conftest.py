@@ -1,0 +1,20 @@
+"""Shared fixtures: a tiny synthetic FeatureStore that any test may read (never write)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmerkit.data.synthetic import SynthConfig, write_synthetic
+
+TINY_SYNTH = SynthConfig(samples=160, split=(0.6, 0.2, 0.2), seq_len=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """Path of a small synthetic store: 96 train / 32 valid / 32 test samples, T = 8,
+    modalities text 300 / visual 35 / audio 74, the six MOSEI labels. Treat it as read-only."""
+    path = tmp_path_factory.mktemp("tiny") / "synthetic"
+    write_synthetic(path, TINY_SYNTH)
+    return path

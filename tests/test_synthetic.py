@@ -1,0 +1,167 @@
+"""The embedded synthetic dataset: determinism, shapes, label statistics, knobs, baseline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from mmerkit.data.store import FeatureStore
+from mmerkit.data.synthetic import (
+    SynthConfig,
+    jaccard_accuracy,
+    make_synthetic,
+    pooled_logreg_baseline,
+    split_sizes,
+    write_synthetic,
+)
+from mmerkit.errors import DataError
+
+# small dims keep the statistics tests fast; label draws do not depend on dims or seq_len
+SMALL_DIMS = {"text": 6, "visual": 5, "audio": 4}
+
+
+def _all_labels(splits) -> np.ndarray:
+    return np.concatenate([s.labels for s in splits.values()]).astype(int)
+
+
+def test_default_shapes_and_ids():
+    cfg = SynthConfig(samples=100, seq_len=12)
+    splits = make_synthetic(cfg)
+    assert list(splits) == ["train", "valid", "test"]
+    assert {k: len(v.labels) for k, v in splits.items()} == {"train": 70, "valid": 10, "test": 20}
+    for name, s in splits.items():
+        n = len(s.labels)
+        assert {m: x.shape for m, x in s.features.items()} == {
+            "text": (n, 12, 300), "visual": (n, 12, 35), "audio": (n, 12, 74)}
+        assert all(x.dtype == np.float32 for x in s.features.values())
+        assert s.labels.shape == (n, 6) and s.labels.dtype == np.uint8
+        assert s.ids[3] == f"synth-{name}-00003" and len(set(s.ids)) == n
+        for ln in s.lengths.values():
+            assert ln.shape == (n,) and ln.min() >= 1 and ln.max() <= 12
+
+
+def test_deterministic_by_seed():
+    cfg = SynthConfig(samples=120, seq_len=10, seed=7, missing_rate=0.2, label_noise=0.1)
+    a, b = make_synthetic(cfg), make_synthetic(cfg)
+    for k in a:
+        assert np.array_equal(a[k].labels, b[k].labels)
+        for m in a[k].features:
+            assert np.array_equal(a[k].features[m], b[k].features[m])
+            assert np.array_equal(a[k].lengths[m], b[k].lengths[m])
+    c = make_synthetic(cfg.model_copy(update={"seed": 8}))
+    assert not np.array_equal(a["train"].features["text"], c["train"].features["text"])
+
+
+def test_label_statistics():
+    y = _all_labels(make_synthetic(SynthConfig(samples=4000, seq_len=4, dims=SMALL_DIMS)))
+    assert 1.4 <= y.sum(1).mean() <= 1.8
+    assert y.sum(1).min() >= 1
+    freq = y.mean(0)
+    assert freq.argmax() == 0  # happy
+    co = (y.T @ y) / y.sum(0)[:, None]  # co[i, j] = P(j | i)
+    assert co[0, 1] < 0.12  # happy rarely with sad
+    assert co[1, 2] > 0.25 and co[1, 4] > 0.25  # sad with anger and disgust
+
+
+def test_variable_lengths_and_zero_padding():
+    s = make_synthetic(SynthConfig(samples=300, seq_len=20, dims=SMALL_DIMS))["train"]
+    ln = s.lengths["text"]
+    assert (ln < 20).mean() > 0.15 and (ln == 20).mean() > 0.5
+    steps = np.arange(20)[None, :, None]
+    for m, x in s.features.items():
+        assert np.array_equal(s.lengths[m], ln)  # aligned: one length per sample
+        assert not np.abs(x * (steps >= ln[:, None, None])).any()
+
+
+def test_missing_rate_honoured():
+    s = make_synthetic(SynthConfig(samples=3000, seq_len=6, dims=SMALL_DIMS, missing_rate=0.3))
+    lens = np.concatenate([np.stack(list(v.lengths.values()), 1) for v in s.values()])
+    missing = lens == 0
+    assert missing.sum(1).max() == 1  # one modality at most
+    assert abs(missing.any(1).mean() - 0.3) < 0.04
+    assert (missing.mean(0) > 0.06).all()  # every modality gets dropped sometimes
+    feats = s["train"].features["visual"][s["train"].lengths["visual"] == 0]
+    assert feats.size and not feats.any()
+    none = make_synthetic(SynthConfig(samples=300, seq_len=6, dims=SMALL_DIMS))
+    assert all((ln > 0).all() for v in none.values() for ln in v.lengths.values())
+
+
+def test_label_noise_only_in_train():
+    base = SynthConfig(samples=2000, seq_len=4, dims=SMALL_DIMS)
+    clean, noisy = make_synthetic(base), make_synthetic(base.model_copy(update={"label_noise": 0.1}))
+    for k in ("valid", "test"):
+        assert np.array_equal(clean[k].labels, noisy[k].labels)
+        assert np.array_equal(clean[k].features["text"], noisy[k].features["text"])
+    flipped = (clean["train"].labels != noisy["train"].labels).mean()
+    assert 0.06 < flipped < 0.11
+    assert noisy["train"].labels.sum(1).min() >= 1
+
+
+def test_other_labels_and_modalities():
+    cfg = SynthConfig(samples=90, seq_len=5, dims={"a": 3, "b": 2}, labels=tuple("abcdefgh"))
+    s = make_synthetic(cfg)
+    assert s["train"].labels.shape[1] == 8 and set(s["test"].features) == {"a", "b"}
+    assert _all_labels(s).sum(1).min() >= 1
+
+
+@pytest.mark.parametrize("bad", [
+    {"split": (0.5, 0.1, 0.1)}, {"split": (1.2, -0.1, -0.1)}, {"samples": 4, "split": (0.9, 0.05, 0.05)},
+    {"labels": ("a", "a")}, {"dims": {}}, {"missing_rate": 1.5}, {"colour": "red"},
+])
+def test_config_validation(bad):
+    with pytest.raises(ValidationError):
+        SynthConfig(**bad)
+
+
+def test_split_sizes():
+    assert split_sizes(3000, (0.7, 0.1, 0.2)) == {"train": 2100, "valid": 300, "test": 600}
+
+
+def test_write_synthetic(tmp_path):
+    cfg = SynthConfig(samples=50, seq_len=6, dims=SMALL_DIMS)
+    store = write_synthetic(tmp_path / "s", cfg)
+    assert isinstance(store, FeatureStore)
+    meta = json.loads((tmp_path / "s" / "meta.json").read_text())
+    assert meta["name"] == "synthetic" and meta["source"] == "mmerkit synthetic" and meta["aligned"]
+    assert store.labels == list(cfg.labels) and store.modalities == SMALL_DIMS
+    mem = make_synthetic(cfg)
+    assert np.array_equal(store.split("test").features["audio"], mem["test"].features["audio"])
+    assert store.split("train").ids[0] == "synth-train-00000"
+    with pytest.raises(DataError, match="already exists"):
+        write_synthetic(tmp_path / "s", cfg)
+    write_synthetic(tmp_path / "s", cfg.model_copy(update={"seed": 1}), overwrite=True)
+
+
+def test_tiny_store_fixture(tiny_store):
+    store = FeatureStore(tiny_store)
+    assert store.splits == {"train": 96, "valid": 32, "test": 32}
+    assert store.spec().max_len == {"text": 8, "visual": 8, "audio": 8}
+
+
+def test_jaccard_accuracy():
+    y = np.array([[1, 0, 1], [0, 1, 0], [0, 0, 0]])
+    p = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]])
+    assert jaccard_accuracy(y, p) == pytest.approx((1 / 3 + 1 + 1) / 3)
+
+
+def test_pooled_logreg_baseline(tiny_store):
+    res = pooled_logreg_baseline(tiny_store)
+    assert set(res) >= {"micro_f1", "accuracy"} and res["n_train"] == 96 and res["n_test"] == 32
+    assert 0.0 <= res["micro_f1"] <= 1.0 and 0.0 <= res["accuracy"] <= 1.0
+    mem = pooled_logreg_baseline(make_synthetic(SynthConfig(samples=200, seq_len=10, missing_rate=0.2)))
+    assert 0.0 <= mem["micro_f1"] <= 1.0
+
+
+def test_signal_makes_labels_learnable_easy_setting():
+    # with little noise the pooled baseline is clearly above chance: the labels are in the features
+    cfg = SynthConfig(samples=600, seq_len=6, dims=SMALL_DIMS, difficulty=0.1, distractor_rate=0.0)
+    assert pooled_logreg_baseline(make_synthetic(cfg))["micro_f1"] > 0.6
+
+
+@pytest.mark.slow
+def test_default_size_is_3000_samples():
+    splits = make_synthetic()
+    assert sum(len(s.labels) for s in splits.values()) == 3000
