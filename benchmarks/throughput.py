@@ -5,6 +5,7 @@ Each model runs in a fresh subprocess so peak resident memory (ru_maxrss) does n
     python benchmarks/throughput.py --model carat --threads 2
     python benchmarks/throughput.py --model carat --set model.anchors=batch --precision bf16-mixed
     python benchmarks/throughput.py --model carat --extractors-only   # transformer-only ceiling
+    python benchmarks/throughput.py --model carat --supcon dense      # the authors' N x N SupCon
     python benchmarks/throughput.py --json results.json               # every registered model
 
 Train step = forward + loss + backward + AdamW step + on_train_batch_end, on random tensors
@@ -83,6 +84,11 @@ def run_one(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.supcon == "dense":  # the authors' N x N formulation, to measure what chunking saves
+        import mmerkit.models.carat as carat
+        from mmerkit.models.losses import supcon_loss_dense
+
+        carat.supcon_loss = supcon_loss_dense
     spec = DataSpec(LABELS, dict(SHAPE), True, {m: args.seq_len for m in SHAPE})
     model = create_model(args.model, spec, model_params(args.set))
     batch = make_batch(args.batch_size, args.seq_len)
@@ -128,7 +134,7 @@ def run_one(args) -> dict:
     train = timed(train_step, args.steps, args.warmup)
     rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     evals = timed(eval_step, args.steps, 1)
-    name = args.model + (" (extractors only)" if ext else "")
+    name = args.model + (" (extractors only)" if ext else "") + (" (dense SupCon)" if args.supcon == "dense" else "")
     return {"model": name, "train_samples_per_s": round(train, 2),
             "eval_samples_per_s": round(evals, 2),
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
@@ -150,6 +156,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=max(1, min(os.cpu_count() or 1, 2)))
     p.add_argument("--extractors-only", action="store_true",
                    help="time only the per-modality transformer extractors (CARAT-style models)")
+    p.add_argument("--supcon", choices=["chunked", "dense"], default="chunked",
+                   help="CARAT's contrastive loss: ours, or the authors' dense N x N masks")
     p.add_argument("--json", default=None, help="write the result rows to this file")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -159,7 +167,7 @@ def child_argv(args, model: str) -> list[str]:
     argv = [sys.executable, os.path.abspath(__file__), "--_child", "--model", model,
             "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-            "--precision", args.precision, "--threads", str(args.threads)]
+            "--precision", args.precision, "--threads", str(args.threads), "--supcon", args.supcon]
     for s in args.set:
         argv += ["--set", s]
     return argv + (["--extractors-only"] if args.extractors_only else [])

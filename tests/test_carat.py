@@ -3,7 +3,6 @@ modalities, state round trip. Tiny dimensions keep the file fast on one core."""
 
 from __future__ import annotations
 
-import time
 from importlib import resources
 
 import pytest
@@ -179,7 +178,6 @@ def test_overfits_32_samples():
     for m in batch.modalities:
         batch.inputs[m][:, :, :4] += 2.0 * batch.labels[:, None, :]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    t0 = time.time()
     first = None
     for _ in range(120):
         _, terms = step(model, batch, opt)
@@ -190,7 +188,6 @@ def test_overfits_32_samples():
         pred = model(batch).probs > model.threshold
     acc = (pred == batch.labels.bool()).float().mean()
     assert acc > 0.95, acc
-    assert time.time() - t0 < 15
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
@@ -306,3 +303,26 @@ def test_shuffle_keeps_labels_with_their_vectors():
     for m in range(M):  # every (m, l) slot draws a permutation of the samples
         for lab in range(L):
             assert sorted(src_b[:, m, lab].tolist()) == list(range(B))
+
+
+# the authors' train.sh values (specs/carat.md §1 and §4)
+AUTHORS = {"hidden_size": 256, "num_heads": 8, "intermediate_size": 256, "dropout": 0.3,
+           "layers": {"text": 6, "visual": 4, "audio": 4}, "proj_size": 64, "proto_m": 0.99,
+           "moco_queue": 8192, "temperature": 0.07, "threshold": 0.25, "lsr_clf_weight": 0.01,
+           "aug_clf_weight": 0.1, "cl_weight": 1.0, "recon_mse_weight": 1.0, "aug_mse_weight": 1.0,
+           "beta_mse_weight": 0.0, "total_aug_clf_weight": 1.0, "shuffle_aug_clf_weight": 0.1}
+
+
+def test_config_defaults_and_authors_preset_are_the_authors_values():
+    from mmerkit.config import load_config
+    from mmerkit.models.carat import CaratConfig
+
+    defaults = CaratConfig().model_dump()
+    assert {k: defaults[k] for k in AUTHORS} == AUTHORS
+    cfg = load_config("carat", None, "carat-authors")
+    assert {k: cfg.model[k] for k in AUTHORS} == AUTHORS
+    assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.warmup_proportion, cfg.optim.schedule) == \
+        ("bertadam", 5e-5, 0.1, "linear")
+    ours = load_config("carat", None, None)  # mmerkit's recipe: only lr and three weights differ
+    assert {k for k in AUTHORS if ours.model[k] != AUTHORS[k]} == {"cl_weight", "recon_mse_weight",
+                                                                   "aug_mse_weight"}

@@ -7,7 +7,7 @@ import torch
 from helpers import TINY, toy_store
 from typer.testing import CliRunner
 
-from mmerkit.cli import app, expand_multi_value, main
+from mmerkit.cli import app, converter_options, expand_multi_value, main
 
 torch.set_num_threads(1)
 runner = CliRunner()
@@ -41,7 +41,7 @@ def test_train_eval_predict_inspect(tmp_path):
     out = mmer("eval", str(runs[0]), "-d", str(store), "--split", "test")
     assert json.loads(out.strip().splitlines()[-1])["micro_f1"] >= 0
     mmer("predict", str(runs[0] / "export"), "--inputs", str(store), "--split", "test", "--out", str(tmp_path / "p.csv"))
-    assert (tmp_path / "p.csv").read_text().startswith("id,p_happy")
+    assert (tmp_path / "p.csv").read_text().startswith("id,happy,sad,")
     assert "label frequency" in mmer("data", "inspect", str(store))
     report = json.loads(mmer("data", "inspect", str(store), "--json"))
     assert report["splits"]["train"]["samples"] == 64
@@ -53,3 +53,20 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+
+
+def test_convert_options_reach_the_converter(tmp_path, capsys):
+    import numpy as np
+    from test_custom import npz_dict
+
+    np.savez(tmp_path / "f.npz", **npz_dict())
+    mmer("data", "convert", "--from", "custom", str(tmp_path / "f.npz"), "--out", str(tmp_path / "s"),
+         "--max-len", "2", "--truncate=tail")
+    report = json.loads(mmer("data", "inspect", str(tmp_path / "s"), "--json"))
+    assert report["splits"]["train"]["modalities"]["audio"]["len_max"] <= 2
+    with pytest.raises(SystemExit) as e:  # a typo in a converter option names the valid one
+        main(["data", "convert", "--from", "m3ed", str(tmp_path / "x.pkl"), "--out", str(tmp_path / "m"),
+              "--swap-visual-adio"])
+    assert e.value.code == 2 and "Did you mean 'swap_visual_audio'" in capsys.readouterr().err
+    assert converter_options(["--label-names", "a,b", "--swap-visual-audio", "--max-len=60", "--seed", "3"]) == \
+        {"label_names": ["a", "b"], "swap_visual_audio": True, "max_len": 60, "seed": 3}

@@ -65,7 +65,7 @@ def test_predict_csv_and_arrays(trained, tmp_path):
     store, res = trained
     preds = api.predict(res.run_dir / "export", store.path, split="test", out=tmp_path / "p.csv")
     header = (tmp_path / "p.csv").read_text().splitlines()[0]
-    assert header == "id,p_happy,p_sad,p_anger,labels"
+    assert header == "id,happy,sad,anger,labels"
     assert preds.ids[0] == "s3-0"
     sp = store.split("test")
     arrays = {m: np.asarray(sp.features[m]) for m in store.modalities}

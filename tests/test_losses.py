@@ -8,34 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mmerkit.models.losses import IGNORE, masked_mse_sum, supcon_loss
-
-
-def dense_supcon(feats, labels, queue, queue_labels, tau=0.07, base=0.07, anchors="pool"):
-    """The reference computation with N x N masks (spec §3.4), as plainly as possible."""
-    keep = labels != IGNORE
-    feats, labels = feats[keep], labels[keep]
-    n_batch = feats.shape[0]
-    if queue is not None:
-        qkeep = queue_labels != IGNORE
-        pool = torch.cat([feats, queue.detach()[qkeep]])
-        lab = torch.cat([labels, queue_labels[qkeep]])
-    else:
-        pool, lab = feats, labels
-    n = pool.shape[0]
-    logits = pool @ pool.T / tau
-    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-    same = (lab[:, None] == lab[None, :]).float()
-    same = same * (lab[:, None] >= 0).float()  # negative labels are nobody's positive
-    logits_mask = 1.0 - torch.eye(n)
-    pos_mask = same * logits_mask
-    exp = torch.exp(logits) * logits_mask
-    log_prob = logits - torch.log(exp.sum(1, keepdim=True) + 1e-12)
-    mean_log_prob_pos = (pos_mask * log_prob).sum(1) / (pos_mask.sum(1) + 1e-12)
-    loss = -(tau / base) * mean_log_prob_pos
-    if anchors == "pool":
-        return loss.mean()
-    loss, npos = loss[:n_batch], pos_mask.sum(1)[:n_batch]
-    return loss[npos > 0].mean() if bool((npos > 0).any()) else feats.sum() * 0
+from mmerkit.models.losses import supcon_loss_dense as dense_supcon
 
 
 def _case(seed, n=24, q=40, p=8, classes=7, queue_kind="mixed"):

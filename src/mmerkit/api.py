@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Sequence
@@ -35,17 +36,17 @@ def models_table() -> list[dict[str, Any]]:
 
 
 def _converters() -> dict[str, dict[str, Any]]:
-    """Dataset name -> {convert: fn, description}; converters register here as they are added."""
-    from mmerkit.data import mosei
+    """Dataset name -> {convert: fn, description}, collected from each reader module."""
+    from mmerkit.data import csd, custom, m3ed, memor, mosei
 
-    table = {
+    table: dict[str, dict[str, Any]] = {
         "synthetic": {"convert": None, "description": "embedded MOSEI-shaped synthetic data "
                       "(`mmer data synth`; the default of `mmer train`)"},
-        "mosei-aligned": {"convert": mosei.convert_mosei_aligned,
-                          "description": "CMU-MOSEI aligned train_valid_test.pt (TAILOR/CARAT/RAMer/AMP)"},
-        "mosei-unaligned": {"convert": mosei.convert_mosei_unaligned,
-                            "description": "CMU-MOSEI unaligned MulT pickle + labels from the aligned .pt"},
     }
+    for module in (mosei, m3ed, memor, csd, custom):
+        for name, fn in module.CONVERTERS.items():
+            table[name] = {"convert": fn, "description": getattr(module, "DESCRIPTION", {}).get(name, "")
+                           or (fn.__doc__ or "").strip().splitlines()[0]}
     return table
 
 
@@ -69,48 +70,53 @@ def data_synth(out: str | Path, samples: int | None = None, seed: int | None = N
 
 
 def data_convert(source: str, path: str | Path, out: str | Path, labels_from: str | Path | None = None,
-                 nan_policy: str = "reject", overwrite: bool = False) -> FeatureStore:
-    """Convert a published corpus file into a FeatureStore (see `datasets_table()`)."""
+                 nan_policy: str = "reject", overwrite: bool = False, **options: Any) -> FeatureStore:
+    """Convert a published corpus file (or your own features) into a FeatureStore.
+
+    `source` is a name of `datasets_table()`; `options` go to that converter as keyword
+    arguments (e.g. `folds=` for csd, `label_set=` for memor, `swap_visual_audio=` for m3ed).
+    """
     table = _converters()
     if source not in table or table[source]["convert"] is None:
         names = [k for k, v in table.items() if v["convert"] is not None]
         raise ConfigError(f"unknown --from {source!r}.{did_you_mean(source, names)} Known: {', '.join(names)}")
     fn = table[source]["convert"]
-    kwargs: dict[str, Any] = {"nan_policy": nan_policy, "overwrite": overwrite}
+    _check_converter_options(source, fn, options)
+    kwargs: dict[str, Any] = {"nan_policy": nan_policy, "overwrite": overwrite, **options}
     if source == "mosei-unaligned":
         if labels_from is None:
             raise ConfigError("--from mosei-unaligned needs --labels-from train_valid_test.pt: the MulT "
                               "pickle has no emotion labels, they come from the aligned file")
         return fn(path, labels_from, out, **kwargs)
+    if labels_from is not None:
+        if "labels_from" not in inspect.signature(fn).parameters:
+            raise ConfigError(f"--labels-from is not an option of --from {source}")
+        kwargs["labels_from"] = labels_from
     return fn(path, out, **kwargs)
+
+
+def _check_converter_options(source: str, fn: Any, options: dict[str, Any]) -> None:
+    """Unknown converter options are errors that list the valid ones (no silent typos)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return  # the converter checks its own options (custom)
+    valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+             and n not in ("nan_policy", "overwrite")]
+    for key in list(options):  # `--no-personality` -> personality=False
+        if key.startswith("no_") and key[3:] in valid and options[key] is True:
+            options[key[3:]] = False
+            del options[key]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"--from {source} has no option {key!r}.{did_you_mean(key, valid)} "
+                              f"Options: {', '.join(valid) or 'none'}")
 
 
 def data_inspect(store: str | Path | FeatureStore) -> dict[str, Any]:
     """Sizes, sequence lengths, label frequencies and co-occurrence, missing rates, NaN/inf counts."""
-    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
-    report: dict[str, Any] = {"path": str(store.path), "name": store.name, "labels": store.labels,
-                              "modalities": store.modalities, "aligned": store.aligned,
-                              "source": store.meta.get("source", ""), "splits": {}}
-    for name in store.splits:
-        sp = store.split(name)
-        y = np.asarray(sp.labels, dtype=np.int64)
-        info: dict[str, Any] = {
-            "samples": len(sp),
-            "labels_per_sample": float(y.sum(1).mean()),
-            "label_frequency": dict(zip(store.labels, (y.mean(0)).round(4).tolist())),
-            "cooccurrence": (y.T @ y).tolist(),
-            "empty_label_sets": int((y.sum(1) == 0).sum()),
-            "modalities": {},
-        }
-        for m in store.modalities:
-            lens = np.asarray(sp.lengths[m])
-            x = sp.features[m]
-            nonfinite = sum(int((~np.isfinite(x[i:i + 1024])).sum()) for i in range(0, len(x), 1024))
-            info["modalities"][m] = {"len_min": int(lens.min()), "len_mean": float(lens.mean()),
-                                     "len_max": int(lens.max()), "missing_rate": float((lens == 0).mean()),
-                                     "nonfinite": nonfinite}
-        report["splits"][name] = info
-    return report
+    from mmerkit.data.inspect import inspect_store
+
+    return inspect_store(store)
 
 
 def _cache_dir() -> Path:
@@ -119,10 +125,11 @@ def _cache_dir() -> Path:
 
 def embedded_store(params: dict[str, Any]) -> FeatureStore:
     """The synthetic store for these generator parameters, generated once into the cache."""
-    from mmerkit.data.synthetic import SynthConfig, write_synthetic
+    from mmerkit.data.synthetic import GENERATOR_VERSION, SynthConfig, write_synthetic
 
     cfg = SynthConfig(**params)
-    key = hashlib.sha1(cfg.model_dump_json().encode()).hexdigest()[:10]
+    # the generator version is in the key so a changed generator never reuses a stale cache
+    key = hashlib.sha1(f"v{GENERATOR_VERSION}{cfg.model_dump_json()}".encode()).hexdigest()[:10]
     path = _cache_dir() / f"synthetic-{key}"
     if not (path / "meta.json").exists():
         write_synthetic(path, cfg, overwrite=True)

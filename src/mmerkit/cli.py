@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from mmerkit import api
-from mmerkit.errors import MMERError
+from mmerkit.errors import ConfigError, MMERError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-modal multi-label emotion recognition: train, evaluate and predict.")
@@ -67,16 +69,53 @@ def data_synth(out: Path = typer.Option(..., "--out", help="store directory to c
     console.print(f"wrote {store}")
 
 
-@data_app.command("convert")
-def data_convert(path: Path = typer.Argument(..., help="input file"),
+@data_app.command("convert", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def data_convert(ctx: typer.Context,
+                 path: Path = typer.Argument(..., help="input file or directory"),
                  source: str = typer.Option(..., "--from", help="input format, see `mmer datasets`"),
                  out: Path = typer.Option(..., "--out", help="store directory to create"),
-                 labels_from: Path | None = typer.Option(None, help="aligned .pt with the labels (mosei-unaligned)"),
+                 labels_from: Path | None = typer.Option(
+                     None, help="labels source: the aligned .pt (mosei-unaligned) or the labels .csd (csd)"),
                  nan_policy: str = typer.Option("reject", help="reject | zero: what to do with NaN/inf"),
                  overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
-    """Convert a published corpus file into a FeatureStore."""
-    store = api.data_convert(source, path, out, labels_from=labels_from, nan_policy=nan_policy, overwrite=overwrite)
+    """Convert a published corpus file, or your own features, into a FeatureStore.
+
+    Any further `--key value` is an option of that converter (docs/datasets.md lists them), e.g.
+    `--folds CMU_MOSEI_Labels.csv`, `--label-set fine_grained`, `--max-len 60`, `--swap-visual-audio`.
+    """
+    options = converter_options(ctx.args)
+    with console.status(f"converting {path} ({source})"):
+        store = api.data_convert(source, path, out, labels_from=labels_from, nan_policy=nan_policy,
+                                 overwrite=overwrite, **options)
     console.print(f"wrote {store}")
+
+
+def converter_options(args: list[str]) -> dict[str, Any]:
+    """`--max-len 60 --label-names a,b --swap-visual-audio` -> {max_len: 60, label_names: [a, b],
+    swap_visual_audio: True}. Values are YAML scalars; a comma makes a list; a bare flag is True."""
+    options: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument {arg!r}: converter options look like --key value")
+        key, _, raw = arg[2:].partition("=")
+        if not raw and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            options[key.replace("-", "_")] = True  # a bare flag
+            i += 1
+            continue
+        if not raw:
+            raw, i = args[i + 1], i + 1
+        options[key.replace("-", "_")] = [_scalar(v) for v in raw.split(",")] if "," in raw else _scalar(raw)
+        i += 1
+    return options
+
+
+def _scalar(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 @data_app.command("inspect")

@@ -40,10 +40,15 @@ class Predictions:
     def label_sets(self) -> list[list[str]]:
         return [[self.labels[j] for j in np.flatnonzero(row)] for row in self.predicted]
 
+    @staticmethod
+    def _column(label: str) -> str:
+        """A label's probability column is its name, unless that clashes with a fixed column."""
+        return f"p_{label}" if label in ("id", "labels", "modalities") else label
+
     def rows(self) -> list[dict]:
         out = []
         for i, sid in enumerate(self.ids):
-            row = {"id": sid, **{f"p_{name}": float(self.probs[i, j]) for j, name in enumerate(self.labels)},
+            row = {"id": sid, **{self._column(name): float(self.probs[i, j]) for j, name in enumerate(self.labels)},
                    "labels": ";".join(self.label_sets[i])}
             if self.top_modality is not None:
                 row["modalities"] = ";".join(f"{self.labels[j]}:{self.modalities[self.top_modality[i, j]]}"

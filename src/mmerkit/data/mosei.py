@@ -231,16 +231,22 @@ def _write(out: Path, splits: dict[str, SplitArrays], file: Path, **kwargs) -> F
         raise DataError(f"{file.name}: {e}") from None
 
 
-def _aligned_split(sd: Mapping, path: Path, split: str, allow_empty: bool) -> SplitArrays:
-    y = _split_labels(sd, path, split, allow_empty)
-    feats, lengths, sizes = {}, {}, {"tgt": len(y)}
-    for m, key in ALIGNED_KEYS.items():
+def _read_modalities(sd: Mapping, keys: Mapping[str, str], path: Path, split: str):
+    """Features (audio -inf set to 0), optional lengths and per-key sample counts of one split."""
+    feats, lengths, sizes = {}, {}, {}
+    for m, key in keys.items():
         x, ln = _features(sd, key, path, split, DIMS[m])
         sizes[key] = len(x)
         feats[m] = _zero_neg_inf(x) if m == "audio" else x
         if ln is not None:
             lengths[m] = ln
-    _check_sizes(sizes, path, split)
+    return feats, lengths, sizes
+
+
+def _aligned_split(sd: Mapping, path: Path, split: str, allow_empty: bool) -> SplitArrays:
+    y = _split_labels(sd, path, split, allow_empty)
+    feats, lengths, sizes = _read_modalities(sd, ALIGNED_KEYS, path, split)
+    _check_sizes({"tgt": len(y), **sizes}, path, split)
     steps = {ALIGNED_KEYS[m]: x.shape[1] for m, x in feats.items()}
     if len(set(steps.values())) > 1:
         raise DataError(f"{path.name}, split {split!r}: an aligned file has the same number of "
@@ -269,13 +275,7 @@ def convert_mosei_aligned(pt_path: str | os.PathLike, out: str | os.PathLike, *,
 
 
 def _unaligned_split(sd: Mapping, y: np.ndarray, pkl: Path, pt: Path, split: str) -> SplitArrays:
-    feats, lengths, sizes = {}, {}, {}
-    for m, key in UNALIGNED_KEYS.items():
-        x, ln = _features(sd, key, pkl, split, DIMS[m])
-        sizes[key] = len(x)
-        feats[m] = _zero_neg_inf(x) if m == "audio" else x
-        if ln is not None:
-            lengths[m] = ln
+    feats, lengths, sizes = _read_modalities(sd, UNALIGNED_KEYS, pkl, split)
     _check_sizes(sizes, pkl, split)
     n = next(iter(sizes.values()))
     if n != len(y):

@@ -106,6 +106,10 @@ def write_store(
 ) -> FeatureStore:
     """Validate `splits` and write them as a FeatureStore at `path`, atomically."""
     path = Path(path)
+    if nan_policy not in ("reject", "zero"):
+        raise DataError(f"nan_policy={nan_policy!r}: expected 'reject' or 'zero' (CLI: --nan-policy)")
+    if empty_labels not in ("reject", "allow"):
+        raise DataError(f"empty_labels={empty_labels!r}: expected 'reject' or 'allow'")
     if path.exists() and not overwrite:
         raise DataError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) "
                         "or choose another --out")

@@ -47,6 +47,8 @@ Departures from the authors' code, and why:
   buffers and, with pool anchors, visits only half of the symmetric pool-by-pool product; the
   backward pass needs only the batch-by-pool slab. The SupCon loss always runs in float32
   (its logits reach 1/tau), also under bf16 autocast.
+- Weight decay skips every bias and normalisation gain (MMERModel.param_groups); the authors'
+  name-based rule also decays the gains of the three input LayerNorms. Negligible at 0.01.
 - Not here but elsewhere: the validation split is evaluated whole and unshuffled (engine, §9.4),
   precision/recall are not swapped (metrics, §9.3), BertAdam is an optimiser option (engine).
 - Ablations (Table 3) are switches: use_mrm (max-over-modalities branch: no lsr/aug/clf terms,

@@ -224,3 +224,39 @@ def masked_mse_sum(pred: Tensor, target: Tensor, present: Tensor | None) -> Tens
 
 def bce(logits: Tensor, targets: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def supcon_loss_dense(feats: Tensor, labels: Tensor, queue: Tensor | None = None,
+                      queue_labels: Tensor | None = None, *, temperature: float = 0.07,
+                      base_temperature: float = 0.07, anchors: Literal["pool", "batch"] = "pool",
+                      chunk: int = 0) -> Tensor:
+    """`supcon_loss` computed as the authors' code does, with N x N float masks (spec §3.4).
+
+    O(N^2) memory: the reference for tests and for `benchmarks/throughput.py --supcon dense`
+    (the cost this module avoids), never used in training. `chunk` is ignored.
+    """
+    tau, base = temperature, base_temperature
+    keep = labels != IGNORE
+    feats, labels = feats[keep], labels[keep]
+    n_batch = feats.shape[0]
+    if queue is not None:
+        qkeep = queue_labels != IGNORE
+        pool = torch.cat([feats, queue.detach()[qkeep]])
+        lab = torch.cat([labels, queue_labels[qkeep]])
+    else:
+        pool, lab = feats, labels
+    n = pool.shape[0]
+    logits = pool @ pool.T / tau
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    same = (lab[:, None] == lab[None, :]).float()
+    same = same * (lab[:, None] >= 0).float()  # negative labels are nobody's positive
+    logits_mask = 1.0 - torch.eye(n, dtype=pool.dtype, device=pool.device)
+    pos_mask = same * logits_mask
+    exp = torch.exp(logits) * logits_mask
+    log_prob = logits - torch.log(exp.sum(1, keepdim=True) + 1e-12)
+    mean_log_prob_pos = (pos_mask * log_prob).sum(1) / (pos_mask.sum(1) + 1e-12)
+    loss = -(tau / base) * mean_log_prob_pos
+    if anchors == "pool":
+        return loss.mean()
+    loss, npos = loss[:n_batch], pos_mask.sum(1)[:n_batch]
+    return loss[npos > 0].mean() if bool((npos > 0).any()) else feats.sum() * 0
