@@ -311,6 +311,179 @@ def predict(export_dir: str | Path, inputs: str | Path, split: str = "test", out
     return preds
 
 
+# ----------------------------------------------------------------------------- report / ablate
+
+
+def report(paths: Sequence[str | Path] | str | Path, fmt: str | None = None,
+           out: str | Path | None = None) -> list[dict[str, Any]]:
+    """Mean ± std over seeds of the test metrics of runs / experiment directories, one row per
+    model, dataset and configuration; writes the table to `out` (format from `fmt` or the suffix).
+
+    Example:
+        >>> rows = api.report(["runs/exp"], out="results.md")            # doctest: +SKIP
+    """
+    from mmerkit.checkpoint import atomic_write_text
+    from mmerkit.report import format_table
+    from mmerkit.report import report as _report
+
+    rows = _report(paths)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, format_table(rows, fmt or _format_of(out)))
+    return rows
+
+
+def _format_of(path: Path) -> str:
+    return {".csv": "csv", ".tex": "latex"}.get(path.suffix.lower(), "md")
+
+
+def model_ablations(model: str) -> dict[str, dict[str, Any]]:
+    """The ablation switches a model family defines (`ABLATIONS` in its module): name -> overrides."""
+    import sys
+
+    from mmerkit.models.base import model_class
+
+    table = getattr(sys.modules[model_class(model).__module__], "ABLATIONS", None)
+    if not table:
+        raise ConfigError(f"model {model!r} defines no ablations (an ABLATIONS dict in its module)")
+    return dict(table)
+
+
+def _select_ablations(model: str, table: dict[str, dict], only: Sequence[str] | None) -> dict[str, dict]:
+    if not only:
+        return table
+    chosen = {}
+    for name in only:
+        if name == "full":
+            continue
+        key = name if name in table else f"{model}-{name}"
+        if key not in table:
+            raise ConfigError(f"--only {name!r} is not an ablation of {model}.{did_you_mean(key, list(table))} "
+                              f"Ablations: {', '.join(table)}")
+        chosen[key] = table[key]
+    return chosen
+
+
+def _finished_seed_runs(variant_dir: Path, cfg: RunConfig, seeds: Sequence[int]) -> dict[int, Path]:
+    """Finished runs in `variant_dir` with this configuration, by seed (so a re-run resumes)."""
+    import yaml
+
+    from mmerkit.report import _fingerprint, find_runs, read_run
+
+    want = _fingerprint(cfg.model_dump(mode="json"))
+    found: dict[int, Path] = {}
+    if not variant_dir.exists():
+        return found
+    try:
+        dirs = find_runs([variant_dir])
+    except MMERError:
+        return found
+    for d in dirs:
+        info = read_run(d)
+        if info is None or info["seed"] not in seeds or info["seed"] in found:
+            continue
+        if _fingerprint(yaml.safe_load((d / "config.yaml").read_text())) == want:
+            found[int(info["seed"])] = d
+    return found
+
+
+def ablate(model: str = "carat", data: str | Path | None = None, *, out: str | Path = "ablation",
+           seeds: Sequence[int] | None = None, config: str | Path | None = None,
+           overrides: Sequence[str] = (), epochs: int | None = None, only: Sequence[str] | None = None,
+           **train_kw: Any) -> list[dict[str, Any]]:
+    """Train the full model and each ablation (paper Table 3) into OUT/<variant>/, then write
+    OUT/ablation.md and OUT/ablation.csv: mean ± std over seeds and the difference from the
+    full model. Ablation switches are `model.KEY=VALUE` overrides on top of `config` and
+    `overrides`, so `config="carat-small"` still applies. Finished runs with the same
+    configuration and seed are reused, so an interrupted ablation continues where it stopped.
+
+    Example:
+        >>> rows = api.ablate("carat", seeds=[1, 2, 3], config="carat-small",
+        ...                   only=["no-cl", "no-agg"], out="abl")        # doctest: +SKIP
+    """
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    from mmerkit.checkpoint import atomic_write_text
+    from mmerkit.report import ablation_rows, format_ablation
+    from mmerkit.report import report as _report
+
+    variants = {"full": {}, **_select_ablations(model, model_ablations(model), only)}
+    out = Path(out)
+    cfg0 = build_config(model, None, config, overrides, epochs=epochs, **train_kw)
+    store = resolve_store(data, cfg0)
+    results: dict[str, dict] = {}
+    for name, switches in variants.items():
+        ov = [*overrides, *(f"model.{k}={json.dumps(v)}" for k, v in switches.items())]
+        cfg = build_config(model, store, config, ov, epochs=epochs, **train_kw)
+        wanted = list(seeds or [cfg.train.seed])
+        done = _finished_seed_runs(out / name, cfg, wanted)
+        todo = [s for s in wanted if s not in done]
+        runs = train(model, store.path, out=out / name, epochs=epochs, seeds=todo, config=config,
+                     overrides=ov, **train_kw) if todo else []
+        dirs = {**done, **{r.test_metrics["seed"]: r.run_dir for r in runs}}
+        if getattr(rank_zero_only, "rank", 0) == 0:
+            results[name] = _report([dirs[s] for s in wanted])[0]
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        return []
+    rows = ablation_rows(results, "full")
+    atomic_write_text(out / "ablation.md", format_ablation(rows, "md"))
+    atomic_write_text(out / "ablation.csv", format_ablation(rows, "csv"))
+    return rows
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot(kind: str, run: str | Path, out: str | Path | None = None, data: str | Path | None = None,
+         split: str = "test", **options: Any):
+    """A figure of a run: "tsne", "heatmap", "curves" or "labels" (see mmerkit.viz); saved to
+    `out` (.png/.pdf/.svg) when given. Returns the matplotlib Figure.
+
+    `options` go to the viz function: max_samples, feature, label, seed (tsne); max_samples (heatmap).
+
+    Example:
+        >>> fig = api.plot("heatmap", "runs/carat_synthetic_seed1", out="heatmap.png")  # doctest: +SKIP
+    """
+    from mmerkit import viz
+
+    if kind not in viz.PLOT_KINDS:
+        raise ConfigError(f"unknown plot {kind!r}.{did_you_mean(kind, list(viz.PLOT_KINDS))} "
+                          f"Plots: {', '.join(viz.PLOT_KINDS)}")
+    run = Path(run)
+    if kind == "curves":
+        fig = viz.plot_curves(run)
+    elif kind == "labels":
+        fig = _plot_labels(run, data, split)
+    else:
+        from mmerkit.checkpoint import check_compatible
+
+        cfg, model, meta, env = load_run(run)
+        store = resolve_store(data if data is not None else env.get("store"), cfg)
+        check_compatible(meta, None, store.labels, run / "export")
+        fn = viz.plot_tsne if kind == "tsne" else viz.plot_heatmap
+        fig = fn(model, store, split, modalities=cfg.data.modalities, **options)
+    if out is not None:
+        viz.save_figure(fig, out)
+    return fig
+
+
+def _plot_labels(run: Path, data: str | Path | None, split: str):
+    from mmerkit import viz
+
+    if not (run / "config.yaml").exists():
+        raise MMERError(f"{run} is not a run directory (no config.yaml); pass a directory made by `mmer train`")
+    cfg = from_yaml((run / "config.yaml").read_text(), str(run / "config.yaml"))
+    env = json.loads((run / "env.json").read_text()) if (run / "env.json").exists() else {}
+    store = resolve_store(data if data is not None else env.get("store"), cfg)
+    saved = run / "test_metrics.json"
+    if split == "test" and data is None and saved.exists():
+        metrics = json.loads(saved.read_text())
+    else:
+        metrics = evaluate(run, data, split=split)
+    return viz.plot_labels(metrics, store, split, title=f"per-label F1 and frequency: {run.name} ({split})")
+
+
 # ----------------------------------------------------------------------------- demo
 
 

@@ -196,13 +196,70 @@ def predict(export: Path = typer.Argument(..., help="export directory (RUN/expor
 
 
 @app.command()
+def report(paths: list[Path] = typer.Argument(..., help="run directories or experiment directories"),
+           fmt: str = typer.Option("md", "--format", help="md | csv | latex"),
+           out: Path | None = typer.Option(None, "--out", help="also write the table to this file")) -> None:
+    """Mean ± std over seeds of the test metrics, one row per model, dataset and configuration."""
+    from mmerkit.report import format_table
+
+    rows = api.report(paths, fmt=fmt, out=out)
+    print(format_table(rows, fmt), end="")
+    if out is not None:
+        console.print(f"wrote {out}", highlight=False)
+
+
+@app.command()
+def ablate(model: str = typer.Option("carat", "-m", "--model", help="model with ablations (carat)"),
+           data: Path | None = typer.Option(None, "-d", "--data", help="store (default: embedded data)"),
+           out: Path = typer.Option(Path("ablation"), "--out", help="experiment directory"),
+           seeds: list[int] | None = typer.Option(None, "--seeds", help="one run per seed and variant"),
+           config: str | None = typer.Option(None, "--config", help="YAML file or packaged preset"),
+           set_: list[str] | None = typer.Option(None, "--set", help="override, e.g. optim.lr=1e-4"),
+           epochs: int | None = typer.Option(None, help="training epochs"),
+           only: list[str] | None = typer.Option(None, "--only", help="ablations to run (default: all)"),
+           devices: str | None = typer.Option(None, help="devices per node (int or 'auto')"),
+           accelerator: str | None = typer.Option(None, help="cpu | gpu | auto"),
+           precision: str | None = typer.Option(None, help="32-true | bf16-mixed | 16-mixed"),
+           threshold: str | None = typer.Option(None, help="default | search | per-label | a number")) -> None:
+    """Train the full model and each ablation (paper Table 3); writes OUT/ablation.md and .csv."""
+    from mmerkit.report import format_ablation
+
+    rows = api.ablate(model, data, out=out, seeds=seeds, config=config, overrides=set_ or [], epochs=epochs,
+                      only=only, devices=devices, accelerator=accelerator, precision=precision,
+                      threshold=threshold)
+    if rows:
+        print(format_ablation(rows, "md"), end="")
+        console.print(f"wrote {out / 'ablation.md'} and {out / 'ablation.csv'}", highlight=False)
+
+
+@app.command()
+def plot(kind: str = typer.Argument(..., help="tsne | heatmap | curves | labels"),
+         run: Path = typer.Argument(..., help="run directory"),
+         out: Path | None = typer.Option(None, "--out", help=".png | .pdf | .svg (default RUN/plots/KIND.png)"),
+         data: Path | None = typer.Option(None, "-d", "--data", help="store (default: the run's)"),
+         split: str = typer.Option("test", help="split to plot (tsne, heatmap, labels)"),
+         max_samples: int | None = typer.Option(None, "--max-samples", help="cap on samples (tsne: 300)"),
+         feature: str | None = typer.Option(None, help="tsne: ModelOutput.features entry"),
+         label: str | None = typer.Option(None, help="tsne: only this label's points / its polarity")) -> None:
+    """Figures of a run: t-SNE of latents, modality-to-label heatmap, training curves, per-label F1."""
+    options: dict[str, Any] = {}
+    if max_samples is not None:
+        options["max_samples"] = max_samples
+    if kind == "tsne":
+        options.update({k: v for k, v in {"feature": feature, "label": label}.items() if v is not None})
+    out = out or run / "plots" / f"{kind}.png"
+    api.plot(kind, run, out=out, data=data, split=split, **options)
+    console.print(f"wrote {out}", highlight=False)
+
+
+@app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out")) -> None:
     """Train the flagship model on the embedded data and print the test metrics."""
     metrics = api.demo(out)
     console.print(_metrics_table(metrics, "demo: test metrics"))
 
 
-def expand_multi_value(argv: list[str], options=("--seeds",)) -> list[str]:
+def expand_multi_value(argv: list[str], options=("--seeds", "--only")) -> list[str]:
     """`--seeds 1 2 3` -> `--seeds 1 --seeds 2 --seeds 3` (click options take one value each)."""
     out, current = [], None
     for arg in argv:

@@ -1,8 +1,10 @@
 """Importing this package registers every model (each module registers itself)."""
 
 from mmerkit.models import (
+    amp,  # noqa: F401
     baselines,  # noqa: F401
     carat,  # noqa: F401
+    tailor,  # noqa: F401
 )
 from mmerkit.models.base import (
     MMERModel,

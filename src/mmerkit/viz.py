@@ -1,0 +1,353 @@
+"""Figures of a trained run: t-SNE of latents, modality-to-label heatmap, training curves and
+per-label F1. Every function returns a matplotlib `Figure` (drawn on the Agg canvas, no pyplot
+and no global backend switch), so tests and notebooks can inspect it; `save_figure` writes
+PNG/PDF/SVG by the file suffix.
+
+- t-SNE (paper Fig. 5): `ModelOutput.features` of a split. A (B, M, L, F) latent such as CARAT's
+  `z` gives one point per (sample, modality, label) and is coloured by modality and by label
+  polarity (positive / negative); pooled (B, F) latents give one point per sample coloured by
+  the polarity of one label. Points of a missing modality are left out.
+- heatmap: (a) for models with `ModelOutput.modality_label_scores` (CARAT's per-modality SRR
+  classifier logits), how often each modality holds the max for each label; (b) for every model,
+  the drop in each label's mean predicted probability when one modality is removed
+  (`Batch.without`).
+- curves: loss terms (train) and validation metrics per epoch from metrics.csv.
+- labels: per-label F1 next to the label's frequency in the split.
+
+Example:
+    >>> from mmerkit import api
+    >>> fig = api.plot("curves", "runs/early_fusion_synthetic_seed1")      # doctest: +SKIP
+    >>> save_figure(fig, "curves.png")                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from mmerkit.data.batch import StoreDataset, collate
+from mmerkit.data.store import FeatureStore
+from mmerkit.errors import MMERError
+from mmerkit.models.base import MMERModel
+
+__all__ = ["curves_figure", "forward_split", "heatmap_figure", "labels_figure", "modality_label_stats",
+           "plot_curves", "plot_heatmap", "plot_labels", "plot_tsne", "save_figure", "tsne_embed",
+           "tsne_figure"]
+
+PLOT_KINDS = ("tsne", "heatmap", "curves", "labels")
+_POLARITY_COLORS = {"positive": "tab:red", "negative": "tab:blue"}
+
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, out: str | Path, dpi: int = 150) -> Path:
+    """Write `fig` to `out` (format from the suffix: .png, .pdf, .svg)."""
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise MMERError(f"--out {out}: use a .png, .pdf or .svg file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    return out
+
+
+# ----------------------------------------------------------------------------- model outputs
+
+
+@torch.no_grad()
+def forward_split(model: MMERModel, store: FeatureStore, split: str = "test", *,
+                  indices: Sequence[int] | None = None, drop_modality: str | None = None,
+                  modalities: Sequence[str] | None = None, batch_size: int = 128,
+                  keep: Sequence[str] = ("features", "scores")) -> dict[str, Any]:
+    """Run `model` (eval mode) over `indices` of a split (all by default).
+
+    Returns numpy arrays: probs (N, L), labels (N, L), present (N, M), and with `keep`,
+    features {name: (N, ...)} and scores (N, M, L) or None.
+    """
+    ds = StoreDataset(store, split, tuple(modalities) if modalities else None)
+    idx = np.arange(len(ds)) if indices is None else np.asarray(indices, dtype=np.int64)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    probs, labels, present, scores, feats = [], [], [], [], {}
+    for start in range(0, len(idx), batch_size):
+        batch = collate(ds.__getitems__(idx[start:start + batch_size].tolist())).to(device)
+        if drop_modality is not None:
+            batch = batch.without(drop_modality)
+        out = model(batch)
+        probs.append(out.probs.float().cpu().numpy())
+        labels.append(batch.labels.cpu().numpy())
+        present.append(batch.present.cpu().numpy())
+        if "features" in keep:
+            for k, v in out.features.items():
+                feats.setdefault(k, []).append(v.float().cpu().numpy())
+        if "scores" in keep and out.modality_label_scores is not None:
+            scores.append(out.modality_label_scores.float().cpu().numpy())
+    model.train(was_training)
+    cat = (lambda xs: np.concatenate(xs, 0))  # noqa: E731
+    return {"probs": cat(probs), "labels": cat(labels).astype(np.uint8), "present": cat(present),
+            "features": {k: cat(v) for k, v in feats.items()}, "scores": cat(scores) if scores else None,
+            "modalities": ds.modalities}
+
+
+def _sample(n: int, max_samples: int | None, seed: int) -> np.ndarray:
+    if max_samples is None or n <= max_samples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_samples, replace=False))
+
+
+# ----------------------------------------------------------------------------- t-SNE
+
+
+def tsne_points(features: np.ndarray, labels: np.ndarray, present: np.ndarray,
+                modalities: Sequence[str], label: int) -> dict[str, np.ndarray]:
+    """Flatten a latent into points with a modality name and a polarity each.
+
+    (N, M, L, F): point per (sample, modality, label); (N, L, F): per (sample, label);
+    (N, M, F): per (sample, modality), polarity of `label`; (N, F): per sample, polarity of `label`.
+    """
+    n, M, L = features.shape[0], len(modalities), labels.shape[1]
+    f = features
+    if f.ndim == 2:
+        f = f[:, None, None]
+    elif f.ndim == 3:
+        f = f[:, None] if f.shape[1] == L else f[:, :, None]
+    elif f.ndim != 4:
+        raise MMERError(f"t-SNE: latent of shape {features.shape} is not (N, [M,] [L,] F)")
+    per_mod, per_label = f.shape[1], f.shape[2]
+    mod_names = list(modalities) if per_mod == M and per_mod > 1 else ["fused"] * per_mod
+    s, m, lab = np.meshgrid(np.arange(n), np.arange(per_mod), np.arange(per_label), indexing="ij")
+    s, m, lab = s.ravel(), m.ravel(), lab.ravel()
+    lab_idx = lab if per_label == L and per_label > 1 else np.full_like(lab, label)
+    keep = present[s, m] if per_mod == M and per_mod > 1 else np.ones_like(s, dtype=bool)
+    x = f.reshape(n * per_mod * per_label, -1)
+    return {"x": x[keep], "modality": np.asarray(mod_names)[m[keep]],
+            "positive": labels[s, lab_idx].astype(bool)[keep], "label": lab_idx[keep]}
+
+
+def tsne_embed(x: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """2-D t-SNE (scikit-learn, PCA init); perplexity is lowered for small point sets."""
+    from sklearn.manifold import TSNE
+
+    if len(x) < 5:
+        raise MMERError(f"t-SNE needs at least 5 points, got {len(x)}")
+    perp = float(min(perplexity, max((len(x) - 1) / 3, 2.0)))
+    return TSNE(n_components=2, perplexity=perp, init="pca", learning_rate="auto",
+                random_state=seed).fit_transform(np.asarray(x, dtype=np.float32))
+
+
+def tsne_figure(xy: np.ndarray, modality: np.ndarray, positive: np.ndarray, *,
+                polarity_of: str, title: str) -> Figure:
+    """Two panels over the same embedding: coloured by modality, and by label polarity."""
+    fig = new_figure(11, 5)
+    ax_m, ax_p = fig.subplots(1, 2)
+    for name in dict.fromkeys(modality.tolist()):
+        sel = modality == name
+        ax_m.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, label=name)
+    ax_m.set_title("coloured by modality")
+    for name, flag in (("negative", False), ("positive", True)):
+        sel = positive == flag
+        ax_p.scatter(xy[sel, 0], xy[sel, 1], s=6, alpha=0.7, c=_POLARITY_COLORS[name], label=name)
+    ax_p.set_title(f"coloured by label polarity ({polarity_of})")
+    for ax in (ax_m, ax_p):
+        ax.set_xlabel("t-SNE 1")
+        ax.set_ylabel("t-SNE 2")
+        ax.legend(markerscale=2, fontsize="small", loc="best")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_tsne(model: MMERModel, store: FeatureStore, split: str = "test", *, feature: str | None = None,
+              label: str | None = None, max_samples: int = 300, max_points: int = 3000, seed: int = 0,
+              modalities: Sequence[str] | None = None, title: str | None = None) -> Figure:
+    """t-SNE of a model's latents on up to `max_samples` samples of a split (paper Fig. 5).
+
+    `feature` picks a `ModelOutput.features` entry (default: the first); `label` restricts a
+    per-label latent to one label, or picks the label whose polarity colours pooled latents
+    (default: the most frequent label of the split).
+    """
+    n = len(store.split(split))
+    out = forward_split(model, store, split, indices=_sample(n, max_samples, seed), modalities=modalities,
+                        keep=("features",))
+    if not out["features"]:
+        raise MMERError(f"model {model.name} returns no ModelOutput.features to embed")
+    name = feature or next(iter(out["features"]))
+    if name not in out["features"]:
+        raise MMERError(f"feature {name!r} not in the model's features {list(out['features'])}")
+    names = list(store.labels)
+    freq_label = int(out["labels"].mean(0).argmax())
+    lab = names.index(label) if label is not None else freq_label
+    if label is not None and label not in names:
+        raise MMERError(f"label {label!r} not in {names}")
+    pts = tsne_points(out["features"][name], out["labels"], out["present"], out["modalities"], lab)
+    sel = np.ones(len(pts["x"]), bool) if label is None else pts["label"] == lab
+    idx = np.flatnonzero(sel)
+    idx = idx[_sample(len(idx), max_points, seed)]
+    xy = tsne_embed(pts["x"][idx], seed=seed)
+    per_label = label is None and len(set(pts["label"].tolist())) > 1
+    polarity_of = "each point's own label" if per_label else names[lab]
+    title = title or f"t-SNE of {model.name} latent '{name}' ({split}, {len(idx)} points)"
+    return tsne_figure(xy, pts["modality"][idx], pts["positive"][idx], polarity_of=polarity_of, title=title)
+
+
+# ----------------------------------------------------------------------------- heatmap
+
+
+def modality_label_stats(model: MMERModel, store: FeatureStore, split: str = "test", *,
+                         max_samples: int | None = None, seed: int = 0,
+                         modalities: Sequence[str] | None = None) -> dict[str, Any]:
+    """win (M, L) or None: share of samples where modality m has the largest
+    `modality_label_scores` for label l (missing modalities cannot win); drop (M, L): mean
+    probability of label l minus the same with modality m removed (positive = m supports l)."""
+    idx = _sample(len(store.split(split)), max_samples, seed)
+    full = forward_split(model, store, split, indices=idx, modalities=modalities, keep=("scores",))
+    mods = list(full["modalities"])
+    win = None
+    if full["scores"] is not None and full["scores"].shape[1] == len(mods):
+        s = np.where(full["present"][:, :, None], full["scores"], -np.inf)
+        best = s.argmax(1)  # (N, L)
+        win = np.stack([(best == m).mean(0) for m in range(len(mods))])
+    base = full["probs"].mean(0)
+    drop = np.stack([base - forward_split(model, store, split, indices=idx, modalities=modalities,
+                                          drop_modality=m, keep=())["probs"].mean(0) for m in mods])
+    return {"win": win, "drop": drop, "modalities": mods, "labels": list(store.labels), "samples": len(idx)}
+
+
+def _annotated_heatmap(fig: Figure, ax, values: np.ndarray, rows: Sequence[str], cols: Sequence[str],
+                       cmap: str, title: str, cbar: str, vmin=None, vmax=None) -> None:
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(cols)), labels=list(cols), rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), labels=list(rows))
+    ax.set_xlabel("label")
+    ax.set_ylabel("modality")
+    ax.set_title(title)
+    small = float(np.abs(values).max()) < 0.01  # e.g. a weak modality's probability drop
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            v = values[i, j]
+            r, g, b, _ = im.cmap(im.norm(v))
+            dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5  # white text on dark cells
+            ax.text(j, i, f"{v:.1e}" if small else f"{v:.2f}", ha="center", va="center",
+                    fontsize="small", color="white" if dark else "black")
+    fig.colorbar(im, ax=ax, label=cbar)
+
+
+def heatmap_figure(stats: dict[str, Any], title: str) -> Figure:
+    """One or two heatmaps (modality x label) from `modality_label_stats`."""
+    win, drop = stats["win"], stats["drop"]
+    fig = new_figure(6 + (5 if win is not None else 0), 1.2 + 0.7 * len(stats["modalities"]) + 1.5)
+    axes = fig.subplots(1, 2 if win is not None else 1, squeeze=False)[0]
+    if win is not None:
+        _annotated_heatmap(fig, axes[0], win, stats["modalities"], stats["labels"], "viridis",
+                           "share of samples where the modality wins the max", "share", 0.0, 1.0)
+    lim = float(np.abs(drop).max()) or 1e-3
+    _annotated_heatmap(fig, axes[-1], drop, stats["modalities"], stats["labels"], "RdBu_r",
+                       "drop in mean probability without the modality", "Δ probability", -lim, lim)
+    fig.suptitle(title)
+    return fig
+
+
+def plot_heatmap(model: MMERModel, store: FeatureStore, split: str = "test", *,
+                 max_samples: int | None = None, modalities: Sequence[str] | None = None,
+                 title: str | None = None) -> Figure:
+    """Modality-to-label heatmap(s) of a model on a split (see `modality_label_stats`)."""
+    stats = modality_label_stats(model, store, split, max_samples=max_samples, modalities=modalities)
+    return heatmap_figure(stats, title or f"modality-to-label: {model.name} ({split}, {stats['samples']} samples)")
+
+
+# ----------------------------------------------------------------------------- curves, labels
+
+
+_CURVE_METRICS = ("micro_f1", "macro_f1", "accuracy", "hamming_loss")
+
+
+def curves_figure(history: list[dict[str, Any]], title: str, best_epoch: float | None = None) -> Figure:
+    """Loss terms per epoch (train) and validation metrics per epoch (+ train micro-F1 dashed)."""
+    train = [r for r in history if r.get("split") == "train"]
+    valid = [r for r in history if r.get("split") == "valid"]
+    if not train and not valid:
+        raise MMERError("no epochs in metrics.csv to plot")
+    fig = new_figure(11, 4.5)
+    ax_l, ax_m = fig.subplots(1, 2)
+    loss_keys = [k for k in (train[0] if train else {}) if k.startswith("loss/")]
+    for k in loss_keys:
+        pts = [(r["epoch"], r[k]) for r in train if r.get(k) is not None]
+        if pts:
+            ax_l.plot(*zip(*pts), marker="o", ms=3, label=k.split("/", 1)[1])
+    ax_l.set_title("training loss terms")
+    ax_l.set_xlabel("epoch")
+    ax_l.set_ylabel("loss (mean over batches)")
+    for k in _CURVE_METRICS:
+        pts = [(r["epoch"], r[k]) for r in valid if r.get(k) is not None]
+        if pts:
+            ax_m.plot(*zip(*pts), marker="o", ms=3, label=f"valid {k}")
+    pts = [(r["epoch"], r["micro_f1"]) for r in train if r.get("micro_f1") is not None]
+    if pts:
+        ax_m.plot(*zip(*pts), ls="--", color="gray", label="train micro_f1")
+    if best_epoch is not None:
+        ax_m.axvline(best_epoch, color="k", lw=0.8, ls=":", label=f"best epoch {best_epoch:g}")
+    for ax in (ax_l, ax_m):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_m.set_title("validation metrics")
+    ax_m.set_xlabel("epoch")
+    ax_m.set_ylabel("metric")
+    for ax in (ax_l, ax_m):
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_curves(run_dir: str | Path) -> Figure:
+    """Training curves of a run directory from its metrics.csv."""
+    import json
+
+    from mmerkit.report import read_history
+
+    run_dir = Path(run_dir)
+    history = read_history(run_dir / "metrics.csv")
+    if not history:
+        raise MMERError(f"{run_dir} has no metrics.csv (not a run directory, or no epoch finished)")
+    best = None
+    if (run_dir / "test_metrics.json").exists():
+        best = json.loads((run_dir / "test_metrics.json").read_text()).get("best_epoch")
+    return curves_figure(history, f"training curves: {run_dir.name}", best)
+
+
+def labels_figure(f1: Sequence[float], freq: Sequence[float], label_names: Sequence[str], title: str) -> Figure:
+    """Grouped bars per label: F1 and the label's frequency (share of positive samples)."""
+    fig = new_figure(max(6.0, 1.1 * len(label_names) + 2), 4.5)
+    ax = fig.subplots()
+    x = np.arange(len(label_names))
+    bars = ax.bar(x - 0.2, f1, 0.4, label="F1", color="tab:blue")
+    ax.bar(x + 0.2, freq, 0.4, label="frequency", color="tab:gray")
+    ax.bar_label(bars, fmt="%.2f", fontsize="small")
+    ax.set_xticks(x, labels=list(label_names), rotation=30, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("label")
+    ax.set_ylabel("F1 / share of samples")
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+def plot_labels(metrics: dict[str, float], store: FeatureStore, split: str = "test",
+                title: str | None = None) -> Figure:
+    """Per-label F1 (from `metrics`, e.g. test_metrics.json) with frequencies from the store split."""
+    names = list(store.labels)
+    missing = [n for n in names if f"f1/{n}" not in metrics]
+    if missing:
+        raise MMERError(f"metrics have no per-label F1 for {missing}")
+    freq = np.asarray(store.split(split).labels, dtype=float).mean(0)
+    return labels_figure([metrics[f"f1/{n}"] for n in names], freq, names,
+                         title or f"per-label F1 and frequency ({split})")

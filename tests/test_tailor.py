@@ -1,0 +1,242 @@
+"""TAILOR: named finite loss terms, gradient reversal on the common path only, gradients reaching
+every component, orthogonality formula, missing / padded / unaligned inputs, any number of
+modalities, the packaged config. Tiny dimensions keep the file fast on one core."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmerkit.config import load_config
+from mmerkit.data.batch import Batch
+from mmerkit.data.store import DataSpec
+from mmerkit.models.base import build_model_config, create_model
+from mmerkit.models.tailor import TAILOR, diff_loss
+
+DIMS = {"text": 12, "visual": 5, "audio": 7}
+LABELS = ("happy", "sad", "anger", "surprise")
+TERMS = {"bce", "adv_private", "adv_common", "diff_private", "diff_common", "cml", "total"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_spec(dims=DIMS, aligned=True) -> DataSpec:
+    return DataSpec(LABELS, dict(dims), aligned, {m: 8 for m in dims})
+
+
+def make_batch(spec, b=6, t=8, seed=0, lengths=None) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    lengths = lengths or {}
+    inputs = {m: torch.randn(b, lengths.get(m, t), d, generator=g) for m, d in spec.modalities.items()}
+    masks = {m: torch.ones(b, x.shape[1], dtype=torch.bool) for m, x in inputs.items()}
+    labels = (torch.rand(b, spec.num_labels, generator=g) < 0.5).float()
+    present = torch.ones(b, len(spec.modalities), dtype=torch.bool)
+    return Batch(inputs, masks, present, labels, torch.arange(b), spec.modality_names)
+
+
+def small(spec=None, **kw) -> TAILOR:
+    torch.manual_seed(0)
+    return create_model("tailor", spec or make_spec(), {**TAILOR.test_params, **kw})
+
+
+def test_defaults_are_the_authors():
+    c = build_model_config("tailor")
+    assert (c.adv_weight, c.diff_weight, c.cml_weight, c.ctc_weight) == (0.01, 5e-6, 0.5, 0.5)
+    assert c.threshold == 0.35 and c.grl_lambda == 1.0 and c.layers == {"text": 6, "visual": 4, "audio": 4}
+    cfg = load_config("tailor")
+    assert cfg.optim.optimizer == "bertadam" and cfg.optim.lr == 5e-5 and cfg.train.batch_size == 64
+    assert build_model_config("tailor", cfg.model) == c  # the YAML spells out the class defaults
+    assert small().threshold == 0.35
+
+
+def test_loss_terms_named_finite_and_summed():
+    model = small()
+    batch = make_batch(model.spec)
+    terms = model.loss(model(batch), batch)
+    assert set(terms) == TERMS
+    assert all(torch.isfinite(v) for v in terms.values())
+    parts = sum(v for k, v in terms.items() if k != "total")
+    torch.testing.assert_close(terms["total"], parts)
+    off = small(adv_weight=0.0, diff_weight=0.0, cml_weight=0.0)
+    assert set(off.loss(off(batch), batch)) == {"bce", "total"}
+
+
+def _leaves(b=3, m=3, t=5, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randn(b, m, t, d, generator=g).tanh()
+    c = torch.randn(b, m, t, d, generator=g).tanh()
+    masks = torch.ones(b, m, t, dtype=torch.bool)
+    masks[0, 2, 3:] = False
+    return p, c, masks
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.5])
+def test_gradient_reversal_flips_the_common_path_only(lam):
+    model = small(grl_lambda=lam).eval()
+    p0, c0, masks = _leaves()
+    p, c = p0.clone().requires_grad_(), c0.clone().requires_grad_()
+    adv_p, adv_c = model.adversarial(p, c, masks)
+    adv_p.backward(retain_graph=True)
+    d_private = [w.grad.clone() for w in model.discriminator.parameters()]
+    model.zero_grad()
+    adv_c.backward()
+    d_common = [w.grad.clone() for w in model.discriminator.parameters()]
+
+    # references without any reversal: the private path is a plain CE of its input
+    p_ref, c_ref = p0.clone().requires_grad_(), c0.clone().requires_grad_()
+    model.zero_grad()
+    plain_p, _ = model.adversarial(p_ref, torch.zeros_like(c0), masks)
+    plain_p.backward()
+    d_plain_p = [w.grad.clone() for w in model.discriminator.parameters()]
+    model.zero_grad()
+    plain_c, _ = model.adversarial(c_ref, torch.zeros_like(c0), masks)
+    plain_c.backward()
+    d_plain_c = [w.grad.clone() for w in model.discriminator.parameters()]
+
+    torch.testing.assert_close(adv_c, plain_c)  # the forward value is unchanged
+    torch.testing.assert_close(p.grad, p_ref.grad)  # private: not reversed
+    torch.testing.assert_close(c.grad, -lam * c_ref.grad)  # common: reversed and scaled
+    assert c.grad.abs().sum() > 0
+    for got, want in zip(d_private + d_common, d_plain_p + d_plain_c, strict=True):
+        torch.testing.assert_close(got, want)  # the discriminator minimises both terms
+
+
+def test_adversarial_ignores_invalid_steps():
+    model = small().eval()
+    p, c, masks = _leaves()
+    p2, c2 = p.clone(), c.clone()
+    p2[0, 2, 3:] = 100.0  # invalid steps: any value
+    c2[0, 2, 3:] = -100.0
+    for a, b in zip(model.adversarial(p, c, masks), model.adversarial(p2, c2, masks), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_diff_loss_formula():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(4, 3, 5, 6, generator=g), torch.randn(4, 3, 5, 6, generator=g)
+    want = torch.stack([sum(torch.linalg.matrix_norm(a[i, m] @ b[i, m].T) ** 2 for i in range(4)) / 4
+                        for m in range(3)])
+    torch.testing.assert_close(diff_loss(a, b), want)
+    model = small()
+    diff_p, diff_c = model.orthogonality(a, b)
+    torch.testing.assert_close(diff_c, want.sum())
+    pairs = diff_loss(a[:, 0], a[:, 1]) + diff_loss(a[:, 0], a[:, 2]) + diff_loss(a[:, 1], a[:, 2])
+    torch.testing.assert_close(diff_p, pairs)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_gradients_reach_every_component(aligned):
+    spec = make_spec(aligned=aligned)
+    model = small(spec).train()
+    lengths = None if aligned else {"text": 6, "visual": 11, "audio": 9}
+    batch = make_batch(spec, lengths=lengths)
+    terms = model.loss(model(batch), batch)
+    assert ("ctc" in terms) == (not aligned)
+    terms["total"].backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not dead, dead
+
+
+def test_private_path_drives_discriminator_and_projectors():
+    model = small()
+    batch = make_batch(model.spec)
+    out = model(batch)
+    model.loss(out, batch)["adv_private"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.private.parameters())
+    assert all(p.grad.abs().sum() > 0 for p in model.discriminator.parameters())
+    assert model.common.weight.grad is None  # the private term never touches the common projector
+    assert model.head.weight.grad is None
+
+
+def test_missing_modality_values_are_ignored():
+    model = small().eval()
+    batch = make_batch(model.spec, seed=3)
+    gone = batch.without("audio")
+    noisy = Batch(dict(gone.inputs, audio=torch.randn_like(gone.inputs["audio"]) * 5), gone.masks,
+                  gone.present, gone.labels, gone.index, gone.modalities)
+    with torch.no_grad():
+        a, b = model(gone), model(noisy)
+    torch.testing.assert_close(a.probs, b.probs)
+    assert torch.isfinite(a.probs).all()
+    assert a.aux["private"][:, 2].abs().sum() == 0 and a.aux["common_parts"][:, 2].abs().sum() == 0
+    assert a.modality_label_scores[:, 2].abs().max() < 1e-6  # no attention on a missing modality
+    model.train()
+    terms = model.loss(model(gone), gone)
+    assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_every_modality_missing_is_finite():
+    model = small()
+    batch = make_batch(model.spec)
+    for m in model.spec.modality_names:
+        batch = batch.without(m)
+    for train in (True, False):
+        model.train(train)
+        out = model(batch)
+        assert torch.isfinite(out.probs).all()
+        assert all(torch.isfinite(v) for v in model.loss(out, batch).values())
+
+
+def test_aligned_modalities_of_different_batch_lengths_are_padded():
+    model = small().eval()
+    batch = make_batch(model.spec, lengths={"audio": 5})
+    out = model(batch)
+    assert out.aux["masks"].shape == (6, 3, 8)
+    assert not out.aux["masks"][:, 2, 5:].any()
+    assert out.modality_label_scores.shape == (6, 3, len(LABELS))
+
+
+def test_modality_label_scores_are_attention_mass():
+    model = small().eval()
+    out = model(make_batch(model.spec))
+    s = out.modality_label_scores
+    assert (s >= 0).all() and (s.sum(1) <= 1 + 1e-5).all() and (s.sum(1) > 0).all()
+
+
+def test_granularity_descent_order():
+    model = small()
+    b, M, T, d = 2, 3, 4, model.config.hidden_size
+    p = torch.randn(b, M, T, d)
+    masks = torch.ones(b, M, T, dtype=torch.bool)
+    z, z_mask, source = model._descend(p, masks, torch.randn(b, T, d), masks[:, 0])
+    assert z.shape == (b, 4 * T, d) and z_mask.shape == (b, 4 * T)
+    # [p_t ; [p_a ; p_v]] then C: text, audio, visual, common
+    assert source.tolist() == [0] * T + [2] * T + [1] * T + [3] * T
+    assert len(model.fusion) == 3
+
+
+@pytest.mark.parametrize("dims", [{"text": 6}, {"text": 6, "audio": 4},
+                                  {"text": 6, "visual": 3, "audio": 4, "extra": 2}])
+def test_any_number_of_modalities(dims):
+    spec = make_spec(dims)
+    model = small(spec, layers={})
+    batch = make_batch(spec)
+    out = model(batch)
+    assert out.probs.shape == (6, len(LABELS))
+    assert out.modality_label_scores.shape == (6, len(dims), len(LABELS))
+    terms = model.loss(out, batch)
+    assert all(torch.isfinite(v) for v in terms.values())
+    terms["total"].backward()
+
+
+def test_unaligned_output_follows_text_length():
+    spec = make_spec(aligned=False)
+    model = small(spec).eval()
+    batch = make_batch(spec, lengths={"text": 5, "visual": 13, "audio": 9})
+    batch.masks["visual"][:2, 7:] = False
+    out = model(batch)
+    assert out.aux["private"].shape[2] == 5
+    no_ctc = small(spec, ctc_weight=0.0)
+    assert "ctc" not in no_ctc.loss(no_ctc(batch), batch)
+
+
+def test_long_sequence_fails_with_a_clear_message():
+    model = small()
+    with pytest.raises(ValueError, match="max_positions"):
+        model(make_batch(model.spec, t=200))
