@@ -140,3 +140,22 @@ def test_accumulation_bertadam_and_tensorboard(tmp_path):
                       overrides=[*TINY, "optim.accumulate=2", "optim.optimizer=bertadam", "train.logger=tensorboard"])
     assert math.isfinite(res.test_metrics["micro_f1"])
     assert list((res.run_dir / "tensorboard").iterdir())
+
+
+def test_per_label_threshold_is_searched_on_validation_and_saved(trained, tmp_path):
+    import shutil
+
+    from mmerkit.engine import Engine, choose_threshold
+
+    store, res = trained
+    run = tmp_path / "run"
+    shutil.copytree(res.run_dir, run)  # the fixture's run stays untouched
+    out = api.evaluate(run, split="test", threshold="per-label", save_threshold=True)
+    cfg, model, _, _ = api.load_run(run)
+    valid = Engine(cfg).predict_split(model, store, "valid")
+    expected = choose_threshold("per-label", model.threshold, valid.labels, valid.probs)
+    saved = json.loads((run / "export" / "config.json").read_text())["threshold"]
+    np.testing.assert_allclose(saved, expected)
+    assert out["threshold"] == pytest.approx(float(np.mean(expected)))
+    pred = Predictor.from_pretrained(run / "export").predict(store.path, split="test")
+    np.testing.assert_array_equal(pred.predicted, binarize(pred.probs, np.asarray(expected)))

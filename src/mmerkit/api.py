@@ -270,8 +270,13 @@ def load_run(run_dir: str | Path):
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
-             threshold: float | str | None = None, drop_modality: str | None = None) -> dict[str, float]:
-    """Evaluate a run's exported model on a split; thresholds are searched on VALIDATION only."""
+             threshold: float | str | None = None, drop_modality: str | None = None,
+             save_threshold: bool = False) -> dict[str, float]:
+    """Evaluate a run's exported model on a split; thresholds are searched on VALIDATION only.
+
+    `save_threshold` writes the threshold used into `RUN/export/config.json`, so `Predictor`
+    and `mmer predict` use it from then on.
+    """
     from mmerkit.checkpoint import check_compatible
     from mmerkit.engine import Engine, choose_threshold
     from mmerkit.metrics import binarize, compute_metrics
@@ -295,7 +300,19 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     res = engine.predict_split(model, store, split, drop_modality=drop_modality)
     metrics = compute_metrics(res.labels, binarize(res.probs, np.asarray(thr)), store.labels)
     metrics["threshold"] = thr if isinstance(thr, float) else float(np.mean(thr))
+    if save_threshold:
+        _save_export_threshold(Path(run_dir) / "export", thr)
     return metrics
+
+
+def _save_export_threshold(export_dir: Path, threshold: float | list[float]) -> None:
+    from mmerkit.checkpoint import atomic_write_text
+
+    path = export_dir / "config.json"
+    meta = json.loads(path.read_text())
+    meta["threshold"] = [float(t) for t in threshold] if isinstance(threshold, (list, np.ndarray)) \
+        else float(threshold)
+    atomic_write_text(path, json.dumps(meta, indent=2))
 
 
 def predict(export_dir: str | Path, inputs: str | Path, split: str = "test", out: str | Path | None = None):

@@ -175,12 +175,19 @@ def evaluate(run: Path = typer.Argument(..., help="run directory"),
              data: Path | None = typer.Option(None, "-d", "--data", help="store (default: the run's)"),
              split: str = typer.Option("test", help="split to evaluate"),
              threshold: str | None = typer.Option(None, help="saved (default) | search | per-label | a number"),
-             drop_modality: str | None = typer.Option(None, "--drop-modality", help="remove a modality")) -> None:
+             drop_modality: str | None = typer.Option(None, "--drop-modality", help="remove a modality"),
+             save_threshold: bool = typer.Option(False, "--save-threshold",
+                                                 help="store the threshold in RUN/export for predict")) -> None:
     """Evaluate a trained run on a split."""
     thr = threshold
     if threshold is not None and threshold not in ("search", "per-label", "default"):
-        thr = float(threshold)
-    metrics = api.evaluate(run, data, split=split, threshold=thr, drop_modality=drop_modality)
+        try:
+            thr = float(threshold)
+        except ValueError:
+            raise ConfigError(f"--threshold {threshold!r}: expected search, per-label, default or a "
+                              "number such as 0.25") from None
+    metrics = api.evaluate(run, data, split=split, threshold=thr, drop_modality=drop_modality,
+                           save_threshold=save_threshold)
     console.print(_metrics_table(metrics, f"{run} [{split}]"))
     print(json.dumps(metrics))
 
