@@ -214,13 +214,20 @@ def _make_fabric(cfg: RunConfig):
     from lightning_fabric import Fabric
 
     t = cfg.train
+    devices, num_nodes = t.devices, t.num_nodes
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    if local_world and "devices" not in t.model_fields_set:
+        # launched by torchrun without --devices: one device per process torchrun started
+        devices = int(local_world)
+        if "num_nodes" not in t.model_fields_set:
+            num_nodes = max(int(os.environ.get("WORLD_SIZE", local_world)) // devices, 1)
     try:
-        fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        fabric = Fabric(accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
                         strategy=t.strategy, precision=t.precision)
     except (ValueError, RuntimeError, TypeError) as e:  # e.g. more devices than the machine has
-        raise ConfigError(f"cannot set up devices (accelerator={t.accelerator}, devices={t.devices}, "
-                          f"num_nodes={t.num_nodes}, strategy={t.strategy}, precision={t.precision}): {e}") from None
-    if fabric.world_size > 1 or t.num_nodes > 1:
+        raise ConfigError(f"cannot set up devices (accelerator={t.accelerator}, devices={devices}, "
+                          f"num_nodes={num_nodes}, strategy={t.strategy}, precision={t.precision}): {e}") from None
+    if fabric.world_size > 1 or num_nodes > 1:
         fabric.launch()
     return fabric
 
