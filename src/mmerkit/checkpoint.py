@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -55,8 +56,21 @@ def save_training_state(path: Path, state: dict[str, Any], keep_previous: bool =
     buf = io.BytesIO()
     torch.save({"format": CKPT_FORMAT, **state}, buf)
     if keep_previous and path.exists():
-        os.replace(path, path.with_name(path.name + ".prev"))
+        _keep_as_previous(path)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _keep_as_previous(path: Path) -> None:
+    """Give the current checkpoint a second name, `<name>.prev`, without ever removing `path`:
+    a kill at any instant leaves a complete last.ckpt (old or new) and the previous one."""
+    prev = path.with_name(path.name + ".prev")
+    tmp = path.with_name(f".{prev.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(path, tmp)
+    os.replace(tmp, prev)
 
 
 def _read_ckpt(path: Path) -> dict:
