@@ -61,15 +61,12 @@ def save_training_state(path: Path, state: dict[str, Any], keep_previous: bool =
 
 
 def _keep_as_previous(path: Path) -> None:
-    """Give the current checkpoint a second name, `<name>.prev`, without ever removing `path`:
-    a kill at any instant leaves a complete last.ckpt (old or new) and the previous one."""
+    """Copy the current checkpoint to `<name>.prev` without ever removing `path`: a kill at any
+    instant leaves a complete last.ckpt (old or new) and the previous one. A copy, not a hard
+    link, so that damage to one file in place cannot reach the other."""
     prev = path.with_name(path.name + ".prev")
     tmp = path.with_name(f".{prev.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(path, tmp)
-    except OSError:  # a filesystem without hard links
-        shutil.copyfile(path, tmp)
+    shutil.copyfile(path, tmp)
     os.replace(tmp, prev)
 
 
