@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmerkit.data.synthetic import SynthConfig, write_synthetic
 
@@ -18,3 +19,12 @@ def tiny_store(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "synthetic"
     write_synthetic(path, TINY_SYNTH)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test runs torch on one thread: tiny models gain nothing from more, and CI has 2 cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

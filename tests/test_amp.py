@@ -3,7 +3,6 @@ in-place parameter shift, missing modalities. Tiny dimensions, one thread."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -15,13 +14,6 @@ from mmerkit.models.base import create_model
 SPEC = DataSpec(("happy", "sad", "anger"), {"text": 6, "visual": 4, "audio": 5}, True,
                 {"text": 8, "visual": 8, "audio": 8})
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_batch(b=5, t=8, seed=0) -> Batch:

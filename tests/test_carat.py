@@ -23,13 +23,6 @@ TERMS = {"lsr_clf", "aug_clf", "clf", "cl", "recon_mse", "aug_mse", "total_aug_c
          "shuffle_aug_clf", "total"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make_spec(dims=DIMS, aligned=True, labels=LABELS):
     return DataSpec(labels, dict(dims), aligned, {m: 8 for m in dims})

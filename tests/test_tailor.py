@@ -18,13 +18,6 @@ LABELS = ("happy", "sad", "anger", "surprise")
 TERMS = {"bce", "adv_private", "adv_common", "diff_private", "diff_common", "cml", "total"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make_spec(dims=DIMS, aligned=True) -> DataSpec:
     return DataSpec(LABELS, dict(dims), aligned, {m: 8 for m in dims})
