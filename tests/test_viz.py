@@ -111,3 +111,22 @@ def test_plot_errors(runs, tmp_path):
         api.plot("tnse", runs["carat"])
     with pytest.raises(MMERError, match=".png, .pdf or .svg"):
         api.plot("curves", runs["carat"], out=tmp_path / "x.jpg")
+
+
+def test_heatmap_per_sample_view(runs, tmp_path):
+    from mmerkit.data.store import FeatureStore
+    from mmerkit.errors import DataError
+
+    store = FeatureStore(runs["store"])
+    sid = store.split("test").ids[1]
+    result = runner.invoke(app, ["plot", "heatmap", str(runs["carat"]), "--sample", sid,
+                                 "--out", str(tmp_path / "one.png")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert_png(tmp_path / "one.png")
+    fig = api.plot("heatmap", runs["carat"], sample=sid)
+    win_ax, _ = [ax for ax in fig.axes if ax.get_title()]
+    assert f"sample {sid}" in fig._suptitle.get_text() and "1 = wins" in win_ax.get_title()
+    win = np.asarray(win_ax.images[0].get_array())
+    assert set(np.unique(win)) <= {0.0, 1.0} and np.allclose(win.sum(0), 1.0)
+    with pytest.raises(DataError, match="is not in split 'test'"):
+        api.plot("heatmap", runs["carat"], sample="no-such-id")

@@ -464,7 +464,8 @@ def plot(kind: str, run: str | Path, out: str | Path | None = None, data: str | 
     """A figure of a run: "tsne", "heatmap", "curves" or "labels" (see mmerkit.viz); saved to
     `out` (.png/.pdf/.svg) when given. Returns the matplotlib Figure.
 
-    `options` go to the viz function: max_samples, feature, label, seed (tsne); max_samples (heatmap).
+    `options` go to the viz function: max_samples, feature, label, seed (tsne); max_samples, sample
+    (heatmap).
 
     Example:
         >>> fig = api.plot("heatmap", "runs/carat_synthetic_seed1", out="heatmap.png")  # doctest: +SKIP

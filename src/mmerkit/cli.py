@@ -247,13 +247,16 @@ def plot(kind: str = typer.Argument(..., help="tsne | heatmap | curves | labels"
          split: str = typer.Option("test", help="split to plot (tsne, heatmap, labels)"),
          max_samples: int | None = typer.Option(None, "--max-samples", help="cap on samples (tsne: 300)"),
          feature: str | None = typer.Option(None, help="tsne: ModelOutput.features entry"),
-         label: str | None = typer.Option(None, help="tsne: only this label's points / its polarity")) -> None:
+         label: str | None = typer.Option(None, help="tsne: only this label's points / its polarity"),
+         sample: str | None = typer.Option(None, help="heatmap: the per-sample view of this sample id")) -> None:
     """Figures of a run: t-SNE of latents, modality-to-label heatmap, training curves, per-label F1."""
     options: dict[str, Any] = {}
     if max_samples is not None:
         options["max_samples"] = max_samples
     if kind == "tsne":
         options.update({k: v for k, v in {"feature": feature, "label": label}.items() if v is not None})
+    if kind == "heatmap" and sample is not None:
+        options["sample"] = sample
     out = out or run / "plots" / f"{kind}.png"
     api.plot(kind, run, out=out, data=data, split=split, **options)
     console.print(f"wrote {out}", highlight=False)

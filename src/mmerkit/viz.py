@@ -34,7 +34,7 @@ from matplotlib.ticker import MaxNLocator
 
 from mmerkit.data.batch import StoreDataset, collate
 from mmerkit.data.store import FeatureStore
-from mmerkit.errors import MMERError
+from mmerkit.errors import DataError, MMERError
 from mmerkit.models.base import MMERModel
 
 __all__ = ["curves_figure", "forward_split", "heatmap_figure", "labels_figure", "modality_label_stats",
@@ -205,11 +205,20 @@ def plot_tsne(model: MMERModel, store: FeatureStore, split: str = "test", *, fea
 
 def modality_label_stats(model: MMERModel, store: FeatureStore, split: str = "test", *,
                          max_samples: int | None = None, seed: int = 0,
-                         modalities: Sequence[str] | None = None) -> dict[str, Any]:
+                         modalities: Sequence[str] | None = None,
+                         sample: str | None = None) -> dict[str, Any]:
     """win (M, L) or None: share of samples where modality m has the largest
     `modality_label_scores` for label l (missing modalities cannot win); drop (M, L): mean
-    probability of label l minus the same with modality m removed (positive = m supports l)."""
-    idx = _sample(len(store.split(split)), max_samples, seed)
+    probability of label l minus the same with modality m removed (positive = m supports l).
+    With `sample` (an id of the split) both are of that one sample: the per-sample view."""
+    ids = store.split(split).ids
+    if sample is not None:
+        if sample not in ids:
+            raise DataError(f"sample {sample!r} is not in split {split!r} of {store.path} "
+                            f"(ids look like {ids[0]!r})")
+        idx = np.array([ids.index(sample)])
+    else:
+        idx = _sample(len(ids), max_samples, seed)
     full = forward_split(model, store, split, indices=idx, modalities=modalities, keep=("scores",))
     mods = list(full["modalities"])
     win = None
@@ -220,7 +229,8 @@ def modality_label_stats(model: MMERModel, store: FeatureStore, split: str = "te
     base = full["probs"].mean(0)
     drop = np.stack([base - forward_split(model, store, split, indices=idx, modalities=modalities,
                                           drop_modality=m, keep=())["probs"].mean(0) for m in mods])
-    return {"win": win, "drop": drop, "modalities": mods, "labels": list(store.labels), "samples": len(idx)}
+    return {"win": win, "drop": drop, "modalities": mods, "labels": list(store.labels), "samples": len(idx),
+            "sample": sample}
 
 
 def _annotated_heatmap(fig: Figure, ax, values: np.ndarray, rows: Sequence[str], cols: Sequence[str],
@@ -247,11 +257,14 @@ def heatmap_figure(stats: dict[str, Any], title: str) -> Figure:
     win, drop = stats["win"], stats["drop"]
     fig = new_figure(6 + (5 if win is not None else 0), 1.2 + 0.7 * len(stats["modalities"]) + 1.5)
     axes = fig.subplots(1, 2 if win is not None else 1, squeeze=False)[0]
+    one = stats.get("sample") is not None
     if win is not None:
         _annotated_heatmap(fig, axes[0], win, stats["modalities"], stats["labels"], "viridis",
+                           "modality that wins the max (1 = wins)" if one else
                            "share of samples where the modality wins the max", "share", 0.0, 1.0)
     lim = float(np.abs(drop).max()) or 1e-3
     _annotated_heatmap(fig, axes[-1], drop, stats["modalities"], stats["labels"], "RdBu_r",
+                       "drop in probability without the modality" if one else
                        "drop in mean probability without the modality", "Δ probability", -lim, lim)
     fig.suptitle(title)
     return fig
@@ -259,10 +272,13 @@ def heatmap_figure(stats: dict[str, Any], title: str) -> Figure:
 
 def plot_heatmap(model: MMERModel, store: FeatureStore, split: str = "test", *,
                  max_samples: int | None = None, modalities: Sequence[str] | None = None,
-                 title: str | None = None) -> Figure:
-    """Modality-to-label heatmap(s) of a model on a split (see `modality_label_stats`)."""
-    stats = modality_label_stats(model, store, split, max_samples=max_samples, modalities=modalities)
-    return heatmap_figure(stats, title or f"modality-to-label: {model.name} ({split}, {stats['samples']} samples)")
+                 sample: str | None = None, title: str | None = None) -> Figure:
+    """Modality-to-label heatmap(s) of a model on a split, or of one `sample` (see
+    `modality_label_stats`)."""
+    stats = modality_label_stats(model, store, split, max_samples=max_samples, modalities=modalities,
+                                 sample=sample)
+    what = f"sample {sample}" if sample is not None else f"{stats['samples']} samples"
+    return heatmap_figure(stats, title or f"modality-to-label: {model.name} ({split}, {what})")
 
 
 # ----------------------------------------------------------------------------- curves, labels
