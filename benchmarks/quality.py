@@ -29,6 +29,23 @@ ENTRIES: dict[str, tuple[str, str | None, list[str]]] = {
                        ["model.recon_mse_weight=0", "model.aug_mse_weight=0", "model.beta_mse_weight=0"]),
     "carat-batch-anchors": ("carat", "carat-small", ["model.anchors=batch"]),
     "carat-bf16": ("carat", "carat-small", ["train.precision=bf16-mixed"]),
+    # the model comparison (README): every model at a CPU-sized width, 12 epochs
+    "ramer": ("ramer", "ramer-small", []),
+    "late_fusion": ("late_fusion", None, ["train.epochs=12"]),
+    "mult": ("mult", None, ["train.epochs=12"]),
+    "amp": ("amp", "amp-small", []),
+    "tailor": ("tailor", "tailor-small", []),
+    "br": ("br", None, []),
+    "cc": ("cc", None, []),
+    "lp": ("lp", None, []),
+    # incomplete modalities: 30% of the samples of every split lose one random modality
+    "carat-missing30": ("carat", "carat-small", ["data.synthetic.missing_rate=0.3"]),
+    "ramer-missing30": ("ramer", "ramer-small", ["data.synthetic.missing_rate=0.3"]),
+    # does the contrastive loss help when labels are noisy or data are scarce? (README, CARAT)
+    "carat-noise20": ("carat", "carat-small", ["data.synthetic.label_noise=0.2"]),
+    "carat-no-cl-noise20": ("carat", "carat-small", ["data.synthetic.label_noise=0.2", "model.cl_weight=0"]),
+    "carat-1000": ("carat", "carat-small", ["data.synthetic.samples=1000"]),
+    "carat-no-cl-1000": ("carat", "carat-small", ["data.synthetic.samples=1000", "model.cl_weight=0"]),
 }
 REPORTED = ("micro_f1", "accuracy", "macro_f1", "hamming_loss")
 

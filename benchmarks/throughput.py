@@ -181,9 +181,10 @@ def main(argv=None) -> None:
     if args.model:
         models = [args.model]
     else:
-        from mmerkit.models.base import list_models
+        from mmerkit.models.base import list_models, model_class
 
-        models = list_models()
+        # closed-form models (classic BR / CC / LP) take no gradient steps: nothing to time here
+        models = [n for n in list_models() if not model_class(n).closed_form]
     rows = []
     for name in models:
         proc = subprocess.run(child_argv(args, name), capture_output=True, text=True, check=False)

@@ -94,13 +94,14 @@ def test_eval_uses_hard_prototypes():
     step(model, batch)
     model.eval()
     z = torch.randn(6, 3, 4, 8)
-    c = model._intrinsic(z)
+    present = torch.ones(6, 3, dtype=torch.bool)
+    c = model._intrinsic(z, present)
     zh = F.normalize(z, dim=-1)
     pick_pos = (zh * model.pos_protos).sum(-1) > (zh * model.neg_protos).sum(-1)
     expect = torch.where(pick_pos[..., None], model.pos_protos, model.neg_protos)
     assert torch.equal(c, expect)
     model.train()
-    soft = model._intrinsic(z)
+    soft = model._intrinsic(z, present)
     assert not torch.equal(soft, expect)
 
 

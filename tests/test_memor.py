@@ -53,7 +53,7 @@ def test_convert_protocol(tmp_path):
     store = convert_memor(root, tmp_path / "s")
     assert store.labels == label_names("primary") and len(store.labels) == 9
     assert store.modalities == {"text": DT, "visual": DV, "audio": DA}
-    assert store.spec().extras == {"personality": DP}
+    assert store.spec().extras == {"personality": DP, "clip": 1, "character": 1}
     assert store.aligned is False
     n_train_samples = 9 * 2  # 9 train clips, 2 annotated persons each
     assert store.splits == {"train": n_train_samples - int(n_train_samples * 0.2),
@@ -75,6 +75,8 @@ def test_convert_protocol(tmp_path):
                 assert speaker_segs == 0 and sp.lengths["visual"][i] == 0
                 assert sp.labels[i].tolist() == [0, 0, 0, 0, 1, 0, 0, 0, 0]
             np.testing.assert_allclose(sp.extras["personality"][i], normed[ch], atol=1e-5)
+            assert sp.extras["character"][i, 0] == ch
+            assert sp.extras["clip"][i, 0] == sorted(data).index(clip)
             seen += 1
     assert seen == 24
     assert "memor" in CONVERTERS and "memor" in DESCRIPTION
@@ -86,7 +88,7 @@ def test_fine_grained_segments_and_seed(tmp_path):
     a = CONVERTERS["memor"](root, tmp_path / "a", label_set="fine", sequence="segments",
                             modalities=["audio", "text"], personality=False)
     assert len(a.labels) == 14 and a.aligned and set(a.modalities) == {"audio", "text"}
-    assert a.spec().extras == {}
+    assert set(a.spec().extras) == {"clip", "character"}
     sp = a.split("test")
     i = next(k for k, s in enumerate(sp.ids) if CHARACTERS.index(s.split("+")[1]) == data[s.split("+")[0]]["on_character"][0])
     clip = sp.ids[i].split("+")[0]

@@ -1,5 +1,8 @@
 """Every registered model gets these tests for free (timm-style): shapes, finite losses, gradients,
-overfitting 32 samples, a missing modality, and an export round trip with identical predictions."""
+overfitting 32 samples, a missing modality, and an export round trip with identical predictions.
+
+Closed-form (classic) models have no gradients: they get the same checks with "fit on the batch"
+in place of gradient steps (`fit_if_closed_form`), and no backward test."""
 
 import pytest
 import torch
@@ -32,7 +35,18 @@ def build(name: str, seed: int = 0) -> MMERModel:
     return create_model(name, SPEC, model_class(name).test_params)
 
 
-@pytest.mark.parametrize("name", list_models())
+NEURAL = [n for n in list_models() if not model_class(n).closed_form]
+CLASSIC = [n for n in list_models() if model_class(n).closed_form]
+
+
+def fit_if_closed_form(model: MMERModel, batch: Batch) -> MMERModel:
+    """A closed-form (classic) model is fitted on `batch`; a neural one is returned as built."""
+    if model.closed_form:
+        model.fit_arrays(model.pooled_features(batch), batch.labels)
+    return model
+
+
+@pytest.mark.parametrize("name", NEURAL)
 def test_forward_backward_and_finite_losses(name):
     model = build(name)
     batch = make_batch()
@@ -48,9 +62,25 @@ def test_forward_backward_and_finite_losses(name):
         assert out.modality_label_scores.shape == (32, len(SPEC.modalities), SPEC.num_labels)
 
 
+@pytest.mark.parametrize("name", CLASSIC)
+def test_classic_forward_and_finite_losses(name):
+    batch = make_batch()
+    model = fit_if_closed_form(build(name), batch)
+    out = model(batch)
+    assert out.logits.shape == out.probs.shape == (32, SPEC.num_labels)
+    assert ((out.probs >= 0) & (out.probs <= 1)).all()
+    losses = model.loss(out, batch)
+    assert "total" in losses and all(torch.isfinite(v) for v in losses.values())
+    assert not any(p.requires_grad for p in model.parameters())  # nothing for an optimiser
+    model.on_train_batch_end(out, batch, lambda x: x)
+    assert out.modality_label_scores.shape == (32, len(SPEC.modalities), SPEC.num_labels)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        build(name)(batch)
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_missing_modality_is_finite(name):
-    model = build(name)
+    model = fit_if_closed_form(build(name), make_batch())
     for missing in SPEC.modalities:
         batch = make_batch(missing=missing)
         for train in (True, False):
@@ -61,7 +91,7 @@ def test_missing_modality_is_finite(name):
                 assert all(torch.isfinite(v) for v in model.loss(out, batch).values())
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", NEURAL)
 def test_overfits_32_samples(name):
     model = build(name)
     batch = make_batch(seed=1)
@@ -82,9 +112,21 @@ def test_overfits_32_samples(name):
     assert acc > 0.95, f"{name} reached only {acc:.3f} bit accuracy on 32 training samples"
 
 
+@pytest.mark.parametrize("name", CLASSIC)
+def test_classic_overfits_32_samples(name):
+    model = build(name)
+    batch = make_batch(seed=1)
+    fit_if_closed_form(model, batch).eval()
+    with torch.no_grad():
+        probs = model(batch).probs
+    pred = (probs > model.threshold).float()
+    acc = (pred == batch.labels).float().mean().item()
+    assert acc > 0.95, f"{name} reached only {acc:.3f} bit accuracy on 32 training samples"
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_export_round_trip_identical(name, tmp_path):
-    model = build(name).eval()
+    model = fit_if_closed_form(build(name), make_batch(seed=1)).eval()
     batch = make_batch(seed=2)
     with torch.no_grad():
         before = model(batch).probs

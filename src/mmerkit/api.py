@@ -221,15 +221,48 @@ def _make_fabric(cfg: RunConfig):
         devices = int(local_world)
         if "num_nodes" not in t.model_fields_set:
             num_nodes = max(int(os.environ.get("WORLD_SIZE", local_world)) // devices, 1)
+    else:  # devices asked for (not the processes torchrun already started): check before launching
+        _check_device_count(t.accelerator, devices)
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
     try:
         fabric = Fabric(accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
                         strategy=t.strategy, precision=t.precision)
-    except (ValueError, RuntimeError, TypeError) as e:  # e.g. more devices than the machine has
+    except (ValueError, RuntimeError, TypeError, MisconfigurationException) as e:
         raise ConfigError(f"cannot set up devices (accelerator={t.accelerator}, devices={devices}, "
                           f"num_nodes={num_nodes}, strategy={t.strategy}, precision={t.precision}): {e}") from None
     if fabric.world_size > 1 or num_nodes > 1:
         fabric.launch()
     return fabric
+
+
+def _check_device_count(accelerator: str, devices: int | str) -> None:
+    """More devices than this machine has is a ConfigError, raised before any process is started
+    or any file written. "Available" is torch.cuda.device_count() for cuda/gpu and os.cpu_count()
+    for cpu, where each device is one training process (more would only oversubscribe the cores)."""
+    import torch
+
+    try:
+        n = int(devices)
+    except (TypeError, ValueError):
+        return  # "auto", a list of GPU ids, ...: Fabric checks those
+    acc = str(accelerator).lower()
+    if acc in ("auto", "gpu"):
+        mps = getattr(torch.backends, "mps", None)
+        if not torch.cuda.is_available() and mps is not None and mps.is_available():
+            return  # Apple MPS: one device, Fabric says so
+        acc = "cuda" if acc == "gpu" or torch.cuda.is_available() else "cpu"
+    if acc == "cpu":
+        have = os.cpu_count() or 1
+        what = f"{have} CPU cores (os.cpu_count()), and CPU training runs one process per device"
+    elif acc == "cuda":
+        have = torch.cuda.device_count()
+        what = f"{have} CUDA devices (torch.cuda.device_count())"
+    else:
+        return
+    if n > have:
+        fix = f"pass --devices {have} or fewer" if have else "pass --accelerator cpu"
+        raise ConfigError(f"--devices {n} (train.devices) with accelerator {acc}: this machine has {what}; {fix}")
 
 
 def _rank0_first(fabric, fn):

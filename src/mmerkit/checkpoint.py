@@ -154,6 +154,9 @@ def read_export(directory: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: Path) -> None:
     """`load_state_dict(strict=True)` with an error that names the file and the first mismatches."""
+    adapt = getattr(model, "adapt_to_state", None)
+    if adapt is not None:  # buffers sized by the fitted data (classic models) take the saved size
+        adapt(state)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -168,5 +171,6 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], orig
             k = shape[0]
             parts.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
         raise CheckpointError(f"{origin} does not fit this model ({'; '.join(parts)}); it was saved by "
-                              "another model, config or label set")
+                              "another model, config or label set: use the model and config of the run "
+                              "that wrote it (its config.yaml), or start a new run")
     model.load_state_dict(state, strict=True)

@@ -89,25 +89,27 @@ SECTIONS = ("model", "data", "optim", "train")
 # ----------------------------------------------------------------------------- validation
 
 
-def validate(cls: type[BaseModel], data: dict, where: str) -> BaseModel:
-    """`cls(**data)` with errors that name the key, the value and the nearest valid key."""
+def validate(cls: type[BaseModel], data: dict, where: str, origin: str | None = None) -> BaseModel:
+    """`cls(**data)` with errors that name the key, the value, the nearest valid key and, when
+    given, the file the value came from (`origin`)."""
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_explain(e, cls, where)) from None
+        raise ConfigError(_explain(e, cls, where, origin)) from None
 
 
-def _explain(e: ValidationError, cls: type[BaseModel], where: str) -> str:
+def _explain(e: ValidationError, cls: type[BaseModel], where: str, origin: str | None = None) -> str:
     lines = []
+    src = f" (in {origin})" if origin else ""
     for err in e.errors():
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             top = str(err["loc"][0])
             fields = _fields_at(cls, err["loc"][:-1])
-            lines.append(f"unknown key {where}.{key}.{did_you_mean(str(err['loc'][-1]), fields)}"
-                         f" Valid keys: {', '.join(fields)}" if fields else f"unknown key {where}.{top}")
+            lines.append(f"unknown key {where}.{key}{src}.{did_you_mean(str(err['loc'][-1]), fields)}"
+                         f" Valid keys: {', '.join(fields)}" if fields else f"unknown key {where}.{top}{src}")
         else:
-            lines.append(f"{where}.{key}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{where}.{key}{src}: {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)
 
 
@@ -213,13 +215,24 @@ def load_config(
     cli = {}
     for item in overrides:
         cli = deep_merge(cli, parse_override(item))
-    name = model or cli.get("model", {}).get("name") or user.get("model", {}).get("name") or "carat"
-    layers = [packaged_yaml("models", name), packaged_yaml("datasets", dataset) if dataset else {}, user, cli]
+    name = model or _model_name(cli) or _model_name(user) or "carat"
+    layers = [(f"mmerkit/configs/models/{name}.yaml", packaged_yaml("models", name)),
+              (f"mmerkit/configs/datasets/{dataset}.yaml", packaged_yaml("datasets", dataset) if dataset else {}),
+              (str(config), user), ("", cli)]  # --set keys are named as typed: no origin
     merged: dict = {}
-    for layer in layers:
+    for origin, layer in layers:
+        # each file is checked as it is merged, so an error names the file that holds the bad value
         merged = deep_merge(merged, layer)
-    merged.setdefault("model", {})["name"] = name
+        if isinstance(merged.setdefault("model", {}), dict):
+            merged["model"]["name"] = name
+        if layer and origin:
+            validate(RunConfig, merged, "config", origin)
     return validate(RunConfig, merged, "config")  # type: ignore[return-value]
+
+
+def _model_name(layer: dict) -> str | None:
+    section = layer.get("model")
+    return section.get("name") if isinstance(section, dict) else None  # else: validation names it
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -6,6 +6,10 @@ ties go to the later epoch, as in the authors' code). After training the best we
 reloaded, the threshold is fixed on validation only, and the test split is evaluated whole,
 once. Only rank 0 writes files and prints.
 
+Closed-form models (`model.closed_form`: the classic BR / CC / LP) are fitted once on the whole
+train split instead (`fit_arrays` on pooled features read through the same loader); validation,
+threshold choice, the single test evaluation and the run files are the same.
+
 Resume: `last.ckpt` holds model, optimiser, scheduler, RNG states, epoch and the position inside
 the epoch; a resumed run replays the same sampler order and skips the batches already done, so
 in deterministic mode it ends with the same metrics as an uninterrupted run.
@@ -33,6 +37,7 @@ from torch.utils.data import DataLoader, Sampler
 from mmerkit import __version__
 from mmerkit.checkpoint import (
     atomic_write_text,
+    load_state_into,
     load_training_state,
     save_export,
     save_training_state,
@@ -223,6 +228,8 @@ class Engine:
         self._check_splits(store)
         spec = store.spec()
         self.fabric.seed_everything(t.seed, workers=True, verbose=False)
+        if model.closed_form:  # classic BR / CC / LP: one fit, no epochs
+            return self._fit_closed_form(model, store, run_dir)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         train_loader = self.loader(store, "train", train=True, seed=t.seed)
@@ -264,6 +271,44 @@ class Engine:
                        f"  valid {format_metrics(valid.metrics)}")
 
         return self._finish(model, store, run_dir, state)
+
+    def _fit_closed_form(self, model: MMERModel, store: FeatureStore, run_dir: Path | None) -> FitResult:
+        """Fit a closed-form model once on the whole train split (every rank fits the same model
+        on the same gathered rows), then validate, choose the threshold and test as in fit()."""
+        t = self.cfg.train
+        model.to(self.fabric.device)
+        if run_dir is not None and self.is_main:
+            self._write_run_files(run_dir, store)
+        x, y = self._pooled_split(model, store, "train")
+        model.fit_arrays(x, y, seed=t.seed)
+        train = self.evaluate(model, store, "train", model.threshold)
+        valid = self.evaluate(model, store, "valid", model.threshold)
+        state = _TrainState(epoch=1, best_epoch=1, best_score=valid.metrics[t.select_metric],
+                            history=[{"epoch": 1, "split": "train", **train.metrics},
+                                     {"epoch": 1, "split": "valid", **valid.metrics}],
+                            best_weights={k: v.detach().clone() for k, v in model.state_dict().items()})
+        if run_dir is not None and self.is_main:
+            self._write_metrics_csv(run_dir, state.history)
+            self._log_tensorboard(run_dir, 1, *state.history)
+        self.print(f"fitted {model.name} on {len(x)} samples  valid {format_metrics(valid.metrics)}")
+        return self._finish(model, store, run_dir, state)
+
+    @torch.no_grad()
+    def _pooled_split(self, model: MMERModel, store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(pooled features (N, D), labels (N, L)) of a whole split, in split order, on every rank."""
+        loader = self.loader(store, split, train=False)
+        rows, feats = [], []
+        for batch in loader:
+            batch = self._to_device(batch)
+            rows.append(batch.index)
+            feats.append(model.pooled_features(batch))
+        n, dev = len(loader.dataset), self.fabric.device
+        local_idx = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=dev)
+        local_x = torch.cat(feats) if feats else torch.zeros(0, model.num_features, device=dev)
+        idx, x = self._gather_rows(local_idx, local_x, n)
+        out = np.zeros((n, x.shape[1]), np.float32)
+        out[idx.cpu().numpy()] = x.cpu().numpy()
+        return out, np.asarray(store.split(split).labels, dtype=np.uint8)
 
     def _check_splits(self, store: FeatureStore) -> None:
         from mmerkit.errors import DataError
@@ -366,7 +411,7 @@ class Engine:
 
     def _restore(self, path: Path, model, optimizer, scheduler, store: FeatureStore) -> _TrainState:
         ckpt = load_training_state(path, model.name, store.labels)
-        model.load_state_dict(ckpt["model"])
+        load_state_into(model, ckpt["model"], path)  # a clear error for another config's weights
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"])

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,8 @@ def forward_split(model: MMERModel, store: FeatureStore, split: str = "test", *,
     """
     ds = StoreDataset(store, split, tuple(modalities) if modalities else None)
     idx = np.arange(len(ds)) if indices is None else np.asarray(indices, dtype=np.int64)
-    device = next(model.parameters()).device
+    # classic models (BR / CC / LP) hold only buffers
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.zeros(0)).device
     was_training = model.training
     model.eval()
     probs, labels, present, scores, feats = [], [], [], [], {}

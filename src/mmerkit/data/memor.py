@@ -12,7 +12,9 @@ reports multi-label results on it but does not release its multi-label protocol,
   the person speaks, visual only where our visual file has a vector for the person; a person who
   never speaks has audio and text marked missing (length 0);
 * ``personality`` (118-d per character, L2-normalised across characters as the release does)
-  becomes the extra input ``extras["personality"]``;
+  becomes the extra input ``extras["personality"]``; ``extras["clip"]`` and
+  ``extras["character"]`` (1-d, the clip's index in sorted clip order and the character index)
+  tell RAMer which samples share a scene or a person;
 * splits: ``train_id.txt`` / ``test_id.txt`` list annotation indices (into the chosen label
   set's list) as the release's loader reads them; a line that is not an integer is taken as a
   clip id (all its annotations). Validation = ``valid_fraction`` (20%) of the train samples,
@@ -288,7 +290,10 @@ def _split_arrays(keys, groups, data, vecs, mode, n_labels, personality, charact
     feats, lens = {}, {}
     for m, ss in seqs.items():
         feats[m], lens[m] = _pad(ss, vecs[m].dim)
-    extras = {}
+    # who and where: RAMer's inter-person (same clip) and intra-person (same character) attention
+    clip_index = {clip: i for i, clip in enumerate(sorted(data))}
+    extras = {"clip": np.array([[clip_index[clip]] for clip, _ in keys], np.float32),
+              "character": np.array([[c] for _, c in keys], np.float32)}
     if personality is not None:
         extras["personality"] = personality[[c for _, c in keys]]
     ids = [f"{clip}+{characters[c]}" for clip, c in keys]

@@ -113,12 +113,15 @@ def write_store(
     if path.exists() and not overwrite:
         raise DataError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) "
                         "or choose another --out")
+    if path.exists():
+        _check_replaceable(path)
     labels = [str(x) for x in labels]
     if len(set(labels)) != len(labels):
         raise DataError(f"duplicate label names in {labels}")
     if not splits:
         raise DataError("no splits given: a store needs at least one split (train/valid/test)")
     dims, extra_dims = _check_splits(splits, labels)
+    new_parents = [p for p in path.parents if not p.exists()]  # deepest first; removed on failure
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
@@ -145,8 +148,26 @@ def write_store(
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for p in new_parents:  # leave nothing behind, not even the directories made for `path`
+            try:
+                p.rmdir()
+            except OSError:
+                break
         raise
     return FeatureStore(path)
+
+
+def _check_replaceable(path: Path) -> None:
+    """`overwrite` replaces a FeatureStore (or an empty directory), never someone else's files."""
+    if path.is_dir() and not any(path.iterdir()):
+        return
+    try:
+        ours = path.is_dir() and json.loads((path / "meta.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise DataError(f"{path} exists and is not a FeatureStore (no meta.json with format {FORMAT!r}); "
+                        "overwrite only replaces a store: choose another --out, or remove it yourself")
 
 
 def _created_by() -> str:
@@ -206,7 +227,7 @@ def _write_split(d: Path, split: str, arrays: SplitArrays, dims, nan_policy, emp
     if not np.isin(labels, (0, 1)).all():
         i = int(np.argwhere(~np.isin(labels, (0, 1)))[0, 0])
         raise DataError(f"split {split!r}, {_sample_name(ids, i)}: labels must be 0/1, got "
-                        f"{labels[i].tolist()}")
+                        f"{labels[i].tolist()}; give a multi-hot matrix, one 0/1 column per label name")
     if empty_labels == "reject" and (labels.sum(1) == 0).any():
         i = int(np.flatnonzero(labels.sum(1) == 0)[0])
         raise DataError(f"split {split!r}, {_sample_name(ids, i)} has an empty label set "
@@ -217,17 +238,20 @@ def _write_split(d: Path, split: str, arrays: SplitArrays, dims, nan_policy, emp
     for m in dims:
         x = _as_3d(np.asarray(arrays.features[m]))
         if x.shape[0] != n:
-            raise DataError(f"split {split!r}, modality {m!r}: {x.shape[0]} samples but labels has {n}")
+            raise DataError(f"split {split!r}, modality {m!r}: {x.shape[0]} samples but labels has {n}; "
+                            "every modality needs one row per sample, in the order of the labels")
         t = x.shape[1]
         lengths = arrays.lengths.get(m)
         lengths = np.full(n, t, np.int64) if lengths is None else np.asarray(lengths).astype(np.int64)
         if lengths.shape != (n,):
-            raise DataError(f"split {split!r}, {m}_len: expected shape ({n},), got {lengths.shape}")
+            raise DataError(f"split {split!r}, {m}_len: expected shape ({n},), got {lengths.shape}; "
+                            "give one length per sample (0 = modality missing)")
         bad = np.flatnonzero((lengths < 0) | (lengths > t))
         if bad.size:
             i = int(bad[0])
             raise DataError(f"split {split!r}, {m}_len of {_sample_name(ids, i)} is {lengths[i]}, "
-                            f"outside [0, {t}]")
+                            f"outside [0, {t}]: a length counts the valid steps of the sample's {m!r} "
+                            f"features (0 = missing) and cannot exceed their T = {t}; fix the lengths")
         x = _clean_nonfinite(x.astype(np.float32, copy=True), split, m, ids, nan_policy)
         x[np.arange(t)[None, :] >= lengths[:, None]] = 0.0  # padding is zero by contract
         np.save(d / f"{m}.npy", x)
@@ -312,7 +336,9 @@ class FeatureStore:
                             "convert it again") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise DataError(f"{meta_path}: format is {got!r}, expected {FORMAT!r}")
+            raise DataError(f"{meta_path}: format is {got!r}, expected {FORMAT!r}: {self.path} was not "
+                            "written by mmerkit (or by an incompatible version); make a store with "
+                            "`mmer data convert` or `mmer data synth`")
         for key in ("labels", "modalities", "splits"):
             if key not in meta:
                 raise DataError(f"{meta_path} lacks the key {key!r}; convert the store again")
@@ -359,19 +385,24 @@ class FeatureStore:
             self._cache[name] = self._open_split(name)
         return self._cache[name]
 
-    def _load(self, file: Path, shape_hint: str) -> np.ndarray:
+    def _load(self, file: Path, shape_hint: str, kinds: str = "f") -> np.ndarray:
+        """Memory-map `file`; `kinds` are the numpy dtype kinds it may have (f float, i/u int, b bool)."""
         if not file.exists():
             raise DataError(f"{file} is missing from the store ({shape_hint}); convert the store again")
         try:
-            return np.load(file, mmap_mode="r", allow_pickle=False)
+            arr = np.load(file, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
             raise DataError(f"{file} is truncated or not a .npy file ({e}); convert the store again") from None
+        if arr.dtype.kind not in kinds:
+            raise DataError(f"{file} has dtype {arr.dtype}, expected {shape_hint}: it was not written by "
+                            "mmerkit; convert the store again")
+        return arr
 
     def _open_split(self, name: str) -> StoreSplit:
         d = self.path / name
         n = int(self.meta["splits"][name])
         L = len(self.labels)
-        labels = self._load(d / "labels.npy", f"uint8 ({n}, {L})")
+        labels = self._load(d / "labels.npy", f"uint8 ({n}, {L})", "iub")
         self._expect(labels, (n, L), d / "labels.npy")
         self._check_labels(labels, d / "labels.npy")
         feats, lens = {}, {}
@@ -380,11 +411,12 @@ class FeatureStore:
             if x.ndim != 3 or x.shape[0] != n or x.shape[2] != dim:
                 raise DataError(f"{d / f'{m}.npy'} has shape {x.shape}, but meta.json says ({n}, T, {dim}); "
                                 "the store is inconsistent, convert it again")
-            ln = self._load(d / f"{m}_len.npy", f"int32 ({n},)")
+            ln = self._load(d / f"{m}_len.npy", f"int32 ({n},)", "iu")
             self._expect(ln, (n,), d / f"{m}_len.npy")
             if ln.size and (ln.min() < 0 or ln.max() > x.shape[1]):
                 i = int(np.flatnonzero((ln < 0) | (ln > x.shape[1]))[0])
-                raise DataError(f"{d / f'{m}_len.npy'}: sample {i} has length {ln[i]}, outside [0, {x.shape[1]}]")
+                raise DataError(f"{d / f'{m}_len.npy'}: sample {i} has length {ln[i]}, outside "
+                                f"[0, {x.shape[1]}] (T of {m}.npy); the store is inconsistent, convert it again")
             feats[m], lens[m] = x, ln
         extras = {}
         for e, info in self.meta.get("extras", {}).items():

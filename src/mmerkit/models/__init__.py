@@ -4,6 +4,8 @@ from mmerkit.models import (
     amp,  # noqa: F401
     baselines,  # noqa: F401
     carat,  # noqa: F401
+    classic,  # noqa: F401
+    ramer,  # noqa: F401
     tailor,  # noqa: F401
 )
 from mmerkit.models.base import (

@@ -56,6 +56,9 @@ class MMERModel(nn.Module):
     year: ClassVar[int] = 0
     # a tiny config for the registry-wide tests (fast on CPU); every model sets its own
     test_params: ClassVar[dict[str, Any]] = {}
+    # True: fitted once in closed form by `fit_arrays(X, Y, seed)` on pooled train features
+    # (the classic BR / CC / LP models), not by gradient steps; the engine branches on it
+    closed_form: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()
@@ -76,6 +79,10 @@ class MMERModel(nn.Module):
 
     def on_train_batch_end(self, out: ModelOutput, batch: Batch, gather: Gather) -> None:
         """Hook for state that changes after each optimiser step (queues, prototypes)."""
+
+    def adapt_to_state(self, state: dict[str, Tensor]) -> None:
+        """Called before a saved state is loaded: resize buffers whose size the fitted data
+        decides (LP's label sets). Neural models have none."""
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: no decay on biases and normalisation gains (BERT convention)."""

@@ -241,15 +241,24 @@ class CARAT(MMERModel):
             es.append(self.lwa[m](self.extractors[m](x, mask), mask))
         return torch.stack(es, 1)
 
-    def _intrinsic(self, z: Tensor) -> Tensor:
-        """Soft (train, Eq. 9) or hard (eval, Eq. 10) prototype mixture: (B, M, L, p)."""
+    def _prototype_weights(self, z: Tensor, present: Tensor) -> Tensor:
+        """softmax over {pos, neg} of <z^, prototype>: (B, M, L, 2)."""
         zh = F.normalize(z, dim=-1)
+        sims = torch.stack([(zh * self.pos_protos).sum(-1), (zh * self.neg_protos).sum(-1)], -1)
+        return sims.softmax(-1)
+
+    def _intrinsic(self, z: Tensor, present: Tensor) -> Tensor:
+        """Soft (train, Eq. 9) or hard (eval, Eq. 10) prototype mixture: (B, M, L, p)."""
+        w = self._prototype_weights(z, present)
         pos, neg = self.pos_protos, self.neg_protos
-        s_pos, s_neg = (zh * pos).sum(-1), (zh * neg).sum(-1)
         if self.training:
-            w = torch.stack([s_pos, s_neg], -1).softmax(-1)
             return w[..., :1] * pos + w[..., 1:] * neg
-        return torch.where((s_pos > s_neg)[..., None], pos, neg)
+        return torch.where((w[..., 0] > w[..., 1])[..., None], pos, neg)
+
+    def _first_level_slots(self, r: Tensor, intrinsic: Tensor, present: Tensor) -> Tensor:
+        """What fills the other modalities' slots of the first-level reconstruction: r itself
+        (CARAT); RAMer puts the prototype padding where a modality is missing."""
+        return r
 
     def _reconstruct(self, slots: Tensor, own: Tensor | None) -> Tensor:
         """R_m over slot order: slots (B, M, L, d); own (B, M, L, d) fills target m's own slot
@@ -277,9 +286,9 @@ class CARAT(MMERModel):
         r = torch.stack([self._decode(z[:, m], m) for m in range(self.num_mods)], 1)
         frr = e
         if c.first_level:
-            ci = self._intrinsic(z)
+            ci = self._intrinsic(z, present)
             ct = torch.stack([self._decode(ci[:, m], m) for m in range(self.num_mods)], 1)
-            frr = self._reconstruct(r, ct)
+            frr = self._reconstruct(self._first_level_slots(r, ct, present), ct)
         srr = self._reconstruct(frr, None) if c.second_level else frr
         clf_srr = self._clf(srr)
         parts = []

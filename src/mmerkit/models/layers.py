@@ -222,6 +222,12 @@ def grad_reverse(x: Tensor, lam: float = 1.0) -> Tensor:
     return _GradReverse.apply(x, lam)
 
 
+def modality_discriminator(hidden: int, disc_hidden: int, dropout: float, num_mods: int) -> nn.Module:
+    """TAILOR's shared discriminator D: Linear -> Dropout -> ReLU -> Linear(num_mods) (peers §2.2)."""
+    return nn.Sequential(nn.Linear(hidden, disc_hidden), nn.Dropout(dropout), nn.ReLU(),
+                         nn.Linear(disc_hidden, num_mods))
+
+
 __all__ = [
     "LN_EPS",
     "MLP",
@@ -235,4 +241,5 @@ __all__ = [
     "grad_reverse",
     "input_norm",
     "masked_softmax",
+    "modality_discriminator",
 ]

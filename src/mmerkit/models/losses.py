@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmerkit.models.layers import grad_reverse
+
 IGNORE = -1  # pool label: the row is dropped from the pool (an empty queue slot, a missing view)
 _EPS = 1e-12
 
@@ -220,6 +222,41 @@ def masked_mse_sum(pred: Tensor, target: Tensor, present: Tensor | None) -> Tens
     if present is not None:
         sq = sq * present.view(*present.shape, *([1] * (sq.ndim - 2))).to(sq.dtype)
     return sq.sum() / (sq.numel() / sq.shape[1])
+
+
+def diff_loss(a: Tensor, b: Tensor) -> Tensor:
+    """Orthogonality: mean over the batch of ||A_b B_b^T||_F^2; a, b (B, ..., T, d) -> (...)."""
+    return (a @ b.transpose(-1, -2)).pow(2).sum((-1, -2)).mean(0)
+
+
+def orthogonality_loss(private: Tensor, common: Tensor) -> tuple[Tensor, Tensor]:
+    """TAILOR's (sum_{m<n} diff(p_m, p_n), sum_m diff(c_m, p_m)) for (B, M, T, d) inputs."""
+    M = private.shape[1]
+    i, j = torch.triu_indices(M, M, offset=1, device=private.device)
+    pairs = diff_loss(private[:, i], private[:, j]).sum() if M > 1 else private.sum() * 0.0
+    return pairs, diff_loss(common, private).sum()
+
+
+def modality_adversarial_loss(discriminator: torch.nn.Module, private: Tensor, common: Tensor,
+                              masks: Tensor, grl_lambda: float = 1.0) -> tuple[Tensor, Tensor]:
+    """TAILOR's discriminator CE summed over modalities, mean over valid steps: (private, common).
+
+    private / common (B, M, T, d), masks (B, M, T) bool; `discriminator` maps d -> M logits per
+    step. The common path goes through gradient reversal, so D learns to tell modalities apart
+    while the common projector learns to hide them; the private path has no reversal (both want
+    the modality to be visible). Invalid steps (padding, a missing modality) add nothing.
+    """
+    M = private.shape[1]
+    target = torch.arange(M, device=masks.device)[None, :, None].expand_as(masks)
+    w = masks.to(private.dtype)
+    count = w.sum((0, 2)).clamp_min(1.0)  # valid steps per modality
+
+    def ce(x: Tensor) -> Tensor:
+        logits = discriminator(x)  # (B, M, T, M)
+        nll = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none")
+        return ((nll.view_as(w) * w).sum((0, 2)) / count).sum()
+
+    return ce(private), ce(grad_reverse(common, grl_lambda))
 
 
 def bce(logits: Tensor, targets: Tensor) -> Tensor:

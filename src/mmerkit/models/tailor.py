@@ -76,10 +76,10 @@ from mmerkit.models.layers import (
     TransformerEncoder,
     attention_mask,
     bert_init,
-    grad_reverse,
     input_norm,
+    modality_discriminator,
 )
-from mmerkit.models.losses import bce
+from mmerkit.models.losses import bce, modality_adversarial_loss, orthogonality_loss
 
 
 class TailorConfig(ModelConfig):
@@ -192,11 +192,6 @@ class DecoderLayer(nn.Module):
         return q, att
 
 
-def diff_loss(a: Tensor, b: Tensor) -> Tensor:
-    """Orthogonality: mean over the batch of ||A_b B_b^T||_F^2; a, b (B, ..., T, d) -> (...)."""
-    return (a @ b.transpose(-1, -2)).pow(2).sum((-1, -2)).mean(0)
-
-
 def pad_steps(x: Tensor, mask: Tensor, t: int) -> tuple[Tensor, Tensor]:
     """Zero-pad (B, T_x, D) and its (B, T_x) mask to t >= T_x steps."""
     extra = t - x.shape[1]
@@ -237,8 +232,7 @@ class TAILOR(MMERModel):
         self.private = nn.ModuleList(nn.Linear(d, d) for _ in self.mods)
         self.common = nn.Linear(d, d)
         self.private_drop, self.common_drop = nn.Dropout(c.private_dropout), nn.Dropout(c.common_dropout)
-        self.discriminator = nn.Sequential(nn.Linear(d, c.disc_hidden), nn.Dropout(c.disc_dropout),
-                                           nn.ReLU(), nn.Linear(c.disc_hidden, M))
+        self.discriminator = modality_discriminator(d, c.disc_hidden, c.disc_dropout, M)
         fusion_len = max(c.fusion_max_positions, (M + 1) * self.seq_len)
         self.fusion = nn.ModuleList(
             FusionEncoder(d, c.cross_layers, c.num_heads, c.intermediate_size, c.dropout, fusion_len)
@@ -319,42 +313,17 @@ class TAILOR(MMERModel):
 
     # ------------------------------------------------------------------ loss
 
-    def adversarial(self, private: Tensor, common: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-        """Discriminator CE summed over modalities, mean over valid steps: (private, common).
-
-        private / common (B, M, T, d), masks (B, M, T). The common path goes through gradient
-        reversal, so D learns to tell modalities apart while the common projector learns to
-        hide them; the private path has no reversal (both want the modality to be visible).
-        """
-        M = self.num_mods
-        target = torch.arange(M, device=masks.device)[None, :, None].expand_as(masks)
-        w = masks.to(private.dtype)
-        count = w.sum((0, 2)).clamp_min(1.0)  # valid steps per modality
-
-        def ce(x: Tensor) -> Tensor:
-            logits = self.discriminator(x)  # (B, M, T, M)
-            nll = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none")
-            return ((nll.view_as(w) * w).sum((0, 2)) / count).sum()
-
-        return ce(private), ce(grad_reverse(common, self.config.grl_lambda))
-
-    def orthogonality(self, private: Tensor, common: Tensor) -> tuple[Tensor, Tensor]:
-        """(sum_{m<n} diff(p_m, p_n), sum_m diff(c_m, p_m)) for (B, M, T, d) inputs."""
-        M = self.num_mods
-        i, j = torch.triu_indices(M, M, offset=1, device=private.device)
-        pairs = diff_loss(private[:, i], private[:, j]).sum() if M > 1 else private.sum() * 0.0
-        return pairs, diff_loss(common, private).sum()
-
     def loss(self, out: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         c, a, y = self.config, out.aux, batch.labels
         terms: dict[str, Tensor] = {}
         if c.clf_weight:
             terms["bce"] = c.clf_weight * bce(out.logits, y)
         if c.adv_weight:
-            adv_p, adv_c = self.adversarial(a["private"], a["common_parts"], a["masks"])
+            adv_p, adv_c = modality_adversarial_loss(self.discriminator, a["private"], a["common_parts"],
+                                                     a["masks"], c.grl_lambda)
             terms["adv_private"], terms["adv_common"] = c.adv_weight * adv_p, c.adv_weight * adv_c
         if c.diff_weight:
-            diff_p, diff_c = self.orthogonality(a["private"], a["common_parts"])
+            diff_p, diff_c = orthogonality_loss(a["private"], a["common_parts"])
             terms["diff_private"], terms["diff_common"] = c.diff_weight * diff_p, c.diff_weight * diff_c
         if c.cml_weight:
             cml_logits = self.head_drop(self.cml_head(a["common"][:, 0]))
