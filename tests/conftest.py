@@ -12,6 +12,16 @@ from mmerkit.data.synthetic import SynthConfig, write_synthetic
 TINY_SYNTH = SynthConfig(samples=160, split=(0.6, 0.2, 0.2), seq_len=8, seed=0)
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu`-marked tests need CUDA: skipped (with the reason) on machines without it."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run on a GPU machine: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> Path:
     """Path of a small synthetic store: 96 train / 32 valid / 32 test samples, T = 8,
