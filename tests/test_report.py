@@ -100,6 +100,8 @@ def test_report_errors(tmp_path):
         report([tmp_path])
     with pytest.raises(MMERError, match="format"):
         format_table([], "html")
+    with pytest.raises(MMERError, match=r"unknown report metric\(s\) f1/joy; choose from micro_f1"):
+        format_table([], "md", metrics=["micro_f1", "f1/joy"])
 
 
 def test_ablation_table_layout():
@@ -128,6 +130,9 @@ def test_train_report_and_ablate_end_to_end(tmp_path):
     assert float(row["micro_f1_mean"]) == pytest.approx(np.mean(vals), abs=1e-5)
     assert float(row["micro_f1_std"]) == pytest.approx(np.std(vals, ddof=1), abs=1e-5)
     assert row["seeds"] == "2" and "micro_f1_mean" in out
+    out = mmer("report", str(tmp_path / "exp"), "--metrics", "micro_f1,hamming_loss,f1/sad", "--digits", "2")
+    assert out.splitlines()[0] == "| model | dataset | micro-F1 | HL | F1 sad | best epoch | seeds |"
+    assert f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1):.2f}" in out
 
     # a user config must still apply under the ablation switches
     user = tmp_path / "tiny.yaml"

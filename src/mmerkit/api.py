@@ -372,7 +372,8 @@ def predict(export_dir: str | Path, inputs: str | Path, split: str = "test", out
 
 
 def report(paths: Sequence[str | Path] | str | Path, fmt: str | None = None,
-           out: str | Path | None = None) -> list[dict[str, Any]]:
+           out: str | Path | None = None, metrics: Sequence[str] | None = None,
+           digits: int = 4) -> list[dict[str, Any]]:
     """Mean ± std over seeds of the test metrics of runs / experiment directories, one row per
     model, dataset and configuration; writes the table to `out` (format from `fmt` or the suffix).
 
@@ -387,7 +388,7 @@ def report(paths: Sequence[str | Path] | str | Path, fmt: str | None = None,
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, format_table(rows, fmt or _format_of(out)))
+        atomic_write_text(out, format_table(rows, fmt or _format_of(out), digits, metrics))
     return rows
 
 

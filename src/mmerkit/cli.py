@@ -205,12 +205,17 @@ def predict(export: Path = typer.Argument(..., help="export directory (RUN/expor
 @app.command()
 def report(paths: list[Path] = typer.Argument(..., help="run directories or experiment directories"),
            fmt: str = typer.Option("md", "--format", help="md | csv | latex"),
-           out: Path | None = typer.Option(None, "--out", help="also write the table to this file")) -> None:
+           out: Path | None = typer.Option(None, "--out", help="also write the table to this file"),
+           metrics: str | None = typer.Option(
+               None, "--metrics", help="comma-separated columns, e.g. micro_f1,accuracy,macro_f1,"
+               "hamming_loss (default: every metric and per-label F1)"),
+           digits: int = typer.Option(4, "--digits", help="decimals")) -> None:
     """Mean ± std over seeds of the test metrics, one row per model, dataset and configuration."""
     from mmerkit.report import format_table
 
-    rows = api.report(paths, fmt=fmt, out=out)
-    print(format_table(rows, fmt), end="")
+    chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    rows = api.report(paths, fmt=fmt, out=out, metrics=chosen, digits=digits)
+    print(format_table(rows, fmt, digits, chosen), end="")
     if out is not None:
         console.print(f"wrote {out}", highlight=False)
 

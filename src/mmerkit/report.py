@@ -248,11 +248,17 @@ def _fmt(ms: dict[str, Any] | None, digits: int, pm: str) -> str:
     return f"{ms['mean']:.{digits}f}{pm}{ms['std']:.{digits}f}"
 
 
-def _columns(rows: list[dict]) -> list[str]:
+def _columns(rows: list[dict], metrics: Sequence[str] | None = None) -> list[str]:
     labels: list[str] = []
     for r in rows:
         labels += [lab for lab in r["labels"] if lab not in labels]
-    return [*REPORT_METRICS, *(f"f1/{lab}" for lab in labels)]
+    every = [*REPORT_METRICS, *(f"f1/{lab}" for lab in labels)]
+    if metrics is None:
+        return every
+    unknown = [m for m in metrics if m not in every]
+    if unknown:
+        raise MMERError(f"unknown report metric(s) {', '.join(unknown)}; choose from {', '.join(every)}")
+    return list(metrics)
 
 
 def _best_per_column(rows: list[dict], cols: Sequence[str]) -> set[tuple[int, str]]:
@@ -268,16 +274,19 @@ def _best_per_column(rows: list[dict], cols: Sequence[str]) -> set[tuple[int, st
     return best
 
 
-def format_table(rows: list[dict[str, Any]], fmt: str = "md", digits: int = 4) -> str:
+def format_table(rows: list[dict[str, Any]], fmt: str = "md", digits: int = 4,
+                 metrics: Sequence[str] | None = None) -> str:
     """The report as a markdown table ("md"), CSV with separate mean/std columns ("csv") or a
-    LaTeX tabular ("latex"). The best mean of each column is bold in md and latex.
+    LaTeX tabular ("latex"). The best mean of each column is bold in md and latex. `metrics`
+    picks the metric columns (keys as in test_metrics.json, per-label F1 as "f1/<label>");
+    default: every metric and every label's F1.
 
     Example:
         >>> print(format_table(report("runs/exp"), "latex"))               # doctest: +SKIP
     """
     if fmt not in ("md", "csv", "latex"):
         raise MMERError(f"unknown report format {fmt!r}; use md, csv or latex")
-    cols = _columns(rows)
+    cols = _columns(rows, metrics)
     show_variant = any(r["variant"] for r in rows)
     head = ["model", "dataset", *(["variant"] if show_variant else [])]
     if fmt == "csv":
