@@ -46,6 +46,17 @@ ENTRIES: dict[str, tuple[str, str | None, list[str]]] = {
     "carat-no-cl-noise20": ("carat", "carat-small", ["data.synthetic.label_noise=0.2", "model.cl_weight=0"]),
     "carat-1000": ("carat", "carat-small", ["data.synthetic.samples=1000"]),
     "carat-no-cl-1000": ("carat", "carat-small", ["data.synthetic.samples=1000", "model.cl_weight=0"]),
+    "carat-1000-36ep": ("carat", "carat-small", ["data.synthetic.samples=1000", "train.epochs=36"]),
+    "carat-no-cl-1000-36ep": ("carat", "carat-small", ["data.synthetic.samples=1000", "train.epochs=36",
+                                                       "model.cl_weight=0"]),
+    # is the contrastive term redundant with the per-modality label classifiers (MRM branch)?
+    "carat-no-mrm": ("carat", "carat-small", ["model.use_mrm=false"]),
+    "carat-no-mrm-no-cl": ("carat", "carat-small", ["model.use_mrm=false", "model.cl_weight=0"]),
+    # is the late-fusion baseline's lead a matter of width? (README, model comparison)
+    "late_fusion-w64": ("late_fusion", None, ["train.epochs=12", "model.hidden=64", "model.ffn=128"]),
+    "carat-w128": ("carat", "carat-small", ["model.hidden_size=128", "model.intermediate_size=256"]),
+    "carat-noise05": ("carat", "carat-small", ["data.synthetic.label_noise=0.05"]),
+    "carat-no-cl-noise05": ("carat", "carat-small", ["data.synthetic.label_noise=0.05", "model.cl_weight=0"]),
 }
 REPORTED = ("micro_f1", "accuracy", "macro_f1", "hamming_loss")
 
