@@ -38,6 +38,8 @@ ENTRIES: dict[str, tuple[str, str | None, list[str]]] = {
     "br": ("br", None, []),
     "cc": ("cc", None, []),
     "lp": ("lp", None, []),
+    "ramer-random-shuffle": ("ramer", "ramer-small", ["model.shuffle_mode=random"]),
+    "ramer-upstream-shuffle": ("ramer", "ramer-small", ["model.shuffle_mode=upstream_reverse"]),
     # incomplete modalities: 30% of the samples of every split lose one random modality
     "carat-missing30": ("carat", "carat-small", ["data.synthetic.missing_rate=0.3"]),
     "ramer-missing30": ("ramer", "ramer-small", ["data.synthetic.missing_rate=0.3"]),
