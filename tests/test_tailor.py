@@ -62,7 +62,7 @@ def test_loss_terms_named_finite_and_summed():
 
 
 def adversarial(model, p, c, masks):
-    return modality_adversarial_loss(model.discriminator, p, c, masks, model.config.grl_lambda)
+    return modality_adversarial_loss(model.refine.discriminator, p, c, masks, model.config.grl_lambda)
 
 
 def _leaves(b=3, m=3, t=5, d=16, seed=0):
@@ -81,21 +81,21 @@ def test_gradient_reversal_flips_the_common_path_only(lam):
     p, c = p0.clone().requires_grad_(), c0.clone().requires_grad_()
     adv_p, adv_c = adversarial(model, p, c, masks)
     adv_p.backward(retain_graph=True)
-    d_private = [w.grad.clone() for w in model.discriminator.parameters()]
+    d_private = [w.grad.clone() for w in model.refine.discriminator.parameters()]
     model.zero_grad()
     adv_c.backward()
-    d_common = [w.grad.clone() for w in model.discriminator.parameters()]
+    d_common = [w.grad.clone() for w in model.refine.discriminator.parameters()]
 
     # references without any reversal: the private path is a plain CE of its input
     p_ref, c_ref = p0.clone().requires_grad_(), c0.clone().requires_grad_()
     model.zero_grad()
     plain_p, _ = adversarial(model, p_ref, torch.zeros_like(c0), masks)
     plain_p.backward()
-    d_plain_p = [w.grad.clone() for w in model.discriminator.parameters()]
+    d_plain_p = [w.grad.clone() for w in model.refine.discriminator.parameters()]
     model.zero_grad()
     plain_c, _ = adversarial(model, c_ref, torch.zeros_like(c0), masks)
     plain_c.backward()
-    d_plain_c = [w.grad.clone() for w in model.discriminator.parameters()]
+    d_plain_c = [w.grad.clone() for w in model.refine.discriminator.parameters()]
 
     torch.testing.assert_close(adv_c, plain_c)  # the forward value is unchanged
     torch.testing.assert_close(p.grad, p_ref.grad)  # private: not reversed
@@ -146,9 +146,9 @@ def test_private_path_drives_discriminator_and_projectors():
     batch = make_batch(model.spec)
     out = model(batch)
     model.loss(out, batch)["adv_private"].backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.private.parameters())
-    assert all(p.grad.abs().sum() > 0 for p in model.discriminator.parameters())
-    assert model.common.weight.grad is None  # the private term never touches the common projector
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.refine.private.parameters())
+    assert all(p.grad.abs().sum() > 0 for p in model.refine.discriminator.parameters())
+    assert model.refine.common.weight.grad is None  # the private term never touches the common projector
     assert model.head.weight.grad is None
 
 

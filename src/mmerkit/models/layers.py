@@ -222,14 +222,35 @@ def grad_reverse(x: Tensor, lam: float = 1.0) -> Tensor:
     return _GradReverse.apply(x, lam)
 
 
-def modality_discriminator(hidden: int, disc_hidden: int, dropout: float, num_mods: int) -> nn.Module:
-    """TAILOR's shared discriminator D: Linear -> Dropout -> ReLU -> Linear(num_mods) (peers §2.2)."""
-    return nn.Sequential(nn.Linear(hidden, disc_hidden), nn.Dropout(dropout), nn.ReLU(),
-                         nn.Linear(disc_hidden, num_mods))
+class CommonPrivate(nn.Module):
+    """TAILOR's adversarial refinement modules (peers §2.2), shared with RAMer: one private
+    projector per modality, ONE common projector for all, and the shared modality discriminator
+    D = Linear -> Dropout -> ReLU -> Linear(num_mods). The losses are
+    `losses.modality_adversarial_loss(refine.discriminator, ...)` and `losses.orthogonality_loss`.
+    """
+
+    def __init__(self, hidden: int, num_mods: int, private_dropout: float, common_dropout: float,
+                 disc_hidden: int, disc_dropout: float):
+        super().__init__()
+        self.private = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_mods))
+        self.common = nn.Linear(hidden, hidden)
+        self.private_drop, self.common_drop = nn.Dropout(private_dropout), nn.Dropout(common_dropout)
+        self.discriminator = nn.Sequential(nn.Linear(hidden, disc_hidden), nn.Dropout(disc_dropout),
+                                           nn.ReLU(), nn.Linear(disc_hidden, num_mods))
+
+    def private_features(self, x: Tensor, valid: Tensor) -> Tensor:
+        """p_m = tanh(Drop(W_p^m x_m)) for x (B, M, ..., d), zeroed where `valid` is 0."""
+        return torch.stack([torch.tanh(self.private_drop(proj(x[:, m])))
+                            for m, proj in enumerate(self.private)], 1) * valid
+
+    def common_features(self, x: Tensor, valid: Tensor) -> Tensor:
+        """c_m = tanh(Drop(W_c x_m)) for x (B, M, ..., d), zeroed where `valid` is 0."""
+        return torch.tanh(self.common_drop(self.common(x))) * valid
 
 
 __all__ = [
     "LN_EPS",
+    "CommonPrivate",
     "MLP",
     "EncoderLayer",
     "LabelWiseAttention",
@@ -241,5 +262,4 @@ __all__ = [
     "grad_reverse",
     "input_norm",
     "masked_softmax",
-    "modality_discriminator",
 ]

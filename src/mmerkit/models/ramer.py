@@ -61,7 +61,7 @@ from mmerkit.data.batch import Batch
 from mmerkit.data.store import DataSpec
 from mmerkit.models.base import ModelOutput, register_model
 from mmerkit.models.carat import CARAT, CaratConfig
-from mmerkit.models.layers import LN_EPS, SelfAttention, modality_discriminator
+from mmerkit.models.layers import LN_EPS, CommonPrivate, SelfAttention
 from mmerkit.models.losses import bce, modality_adversarial_loss, orthogonality_loss
 
 ShuffleMode = Literal["interleave", "random", "upstream_reverse"]
@@ -145,12 +145,9 @@ class RAMer(CARAT):
                 for key, name in (("group", self.group_key), ("person", self.person_key)) if name})
             self.context_norm = nn.ModuleDict({k: nn.LayerNorm(d, eps=LN_EPS) for k in self.context_attn})
         if c.adversarial:
-            self.private = nn.ModuleList(nn.Linear(d, d) for _ in range(M))
-            self.common = nn.Linear(d, d)
-            self.private_drop = nn.Dropout(c.private_dropout)
-            self.common_drop = nn.Dropout(c.common_dropout)
+            self.refine = CommonPrivate(d, M, c.private_dropout, c.common_dropout, c.disc_hidden,
+                                        c.disc_dropout)
             self.head_drop = nn.Dropout(c.head_dropout)
-            self.discriminator = modality_discriminator(d, c.disc_hidden, c.disc_dropout, M)
             self.cml_head = nn.Parameter(torch.empty(L, d))
             self.cml_bias = nn.Parameter(torch.zeros(L))
             nn.init.xavier_uniform_(self.cml_head)
@@ -211,13 +208,12 @@ class RAMer(CARAT):
         a, y = out.aux, batch.labels
         present = a["present"]
         valid = present[:, :, None, None].to(a["e"].dtype)
-        private = torch.stack([torch.tanh(self.private_drop(self.private[m](a["e"][:, m])))
-                               for m in range(self.num_mods)], 1) * valid
-        common = torch.tanh(self.common_drop(self.common(a["srr"]))) * valid  # (B, M, L, d)
+        private = self.refine.private_features(a["e"], valid)  # (B, M, L, d)
+        common = self.refine.common_features(a["srr"], valid)
         masks = present[:, :, None].expand(-1, -1, self.num_labels)
         extra: dict[str, Tensor] = {}
         if c.adv_weight:
-            adv_p, adv_c = modality_adversarial_loss(self.discriminator, private, common, masks,
+            adv_p, adv_c = modality_adversarial_loss(self.refine.discriminator, private, common, masks,
                                                      c.grl_lambda)
             extra["adv_private"], extra["adv_common"] = c.adv_weight * adv_p, c.adv_weight * adv_c
         if c.diff_weight:

@@ -71,13 +71,13 @@ from mmerkit.data.store import DataSpec
 from mmerkit.models.base import MMERModel, ModelOutput, register_model
 from mmerkit.models.layers import (
     LN_EPS,
+    CommonPrivate,
     EncoderLayer,
     SoftAligner,
     TransformerEncoder,
     attention_mask,
     bert_init,
     input_norm,
-    modality_discriminator,
 )
 from mmerkit.models.losses import bce, modality_adversarial_loss, orthogonality_loss
 
@@ -229,10 +229,7 @@ class TAILOR(MMERModel):
             m: TransformerEncoder(spec.modalities[m], d, c.layers.get(m, c.default_layers),
                                   c.num_heads, c.intermediate_size, c.dropout, self.seq_len)
             for m in self.mods})
-        self.private = nn.ModuleList(nn.Linear(d, d) for _ in self.mods)
-        self.common = nn.Linear(d, d)
-        self.private_drop, self.common_drop = nn.Dropout(c.private_dropout), nn.Dropout(c.common_dropout)
-        self.discriminator = modality_discriminator(d, c.disc_hidden, c.disc_dropout, M)
+        self.refine = CommonPrivate(d, M, c.private_dropout, c.common_dropout, c.disc_hidden, c.disc_dropout)
         fusion_len = max(c.fusion_max_positions, (M + 1) * self.seq_len)
         self.fusion = nn.ModuleList(
             FusionEncoder(d, c.cross_layers, c.num_heads, c.intermediate_size, c.dropout, fusion_len)
@@ -289,9 +286,8 @@ class TAILOR(MMERModel):
         h = torch.stack([self.extractors[m](x, mk) for m, x, mk in zip(self.mods, xs, mask_list,
                                                                         strict=True)], 1)
         valid = masks[..., None].to(h.dtype)
-        p = torch.stack([torch.tanh(self.private_drop(self.private[i](h[:, i])))
-                         for i in range(self.num_mods)], 1) * valid
-        c = torch.tanh(self.common_drop(self.common(h))) * valid  # (B, M, T, d)
+        p = self.refine.private_features(h, valid)  # (B, M, T, d)
+        c = self.refine.common_features(h, valid)
         common, common_mask = c.sum(1), masks.any(1)
         z, z_mask, source = self._descend(p, masks, common, common_mask)
         b = z.shape[0]
@@ -319,7 +315,7 @@ class TAILOR(MMERModel):
         if c.clf_weight:
             terms["bce"] = c.clf_weight * bce(out.logits, y)
         if c.adv_weight:
-            adv_p, adv_c = modality_adversarial_loss(self.discriminator, a["private"], a["common_parts"],
+            adv_p, adv_c = modality_adversarial_loss(self.refine.discriminator, a["private"], a["common_parts"],
                                                      a["masks"], c.grl_lambda)
             terms["adv_private"], terms["adv_common"] = c.adv_weight * adv_p, c.adv_weight * adv_c
         if c.diff_weight:
