@@ -205,8 +205,8 @@ CONFIG_CASES = {
                     [r"unknown key config\.train\.epoch \(in \S*bad\.yaml\)", "Did you mean 'epochs'", "Valid keys"]),
     "model not a mapping": ({"model": "early_fusion"},
                             [r"config\.model \(in \S*bad\.yaml\)", "valid dictionary"]),
-    "unknown model key": ({"model": {"hiden": 8}},
-                          [r"unknown key model\.hiden", "Did you mean 'hidden'"]),
+    "unknown model key": ({"model": {"hiden_size": 8}},
+                          [r"unknown key model\.hiden_size", "Did you mean 'hidden_size'"]),
 }
 
 
@@ -287,7 +287,7 @@ def test_resume_with_another_config(trained, tmp_path):
     before = snapshot(tmp_path)
     with pytest.raises(CheckpointError) as e:
         api.train("early_fusion", store.path, out=tmp_path / "runs", epochs=1, resume=True,
-                  overrides=[*TINY, "model.hidden=32"], **QUIET)
+                  overrides=[*TINY, "model.hidden_size=32"], **QUIET)
     assert_mentions(str(e.value), re.escape(str(d / "last.ckpt")), "does not fit this model",
                     r"file \(\d+, 16\) vs model \(\d+, 32\)", "config.yaml")
     assert snapshot(tmp_path) == before
@@ -295,7 +295,7 @@ def test_resume_with_another_config(trained, tmp_path):
 
 @pytest.mark.parametrize("edit, patterns", [
     (lambda c: c["model"].update(name="late_fusion"), ["belongs to model 'early_fusion', not 'late_fusion'"]),
-    (lambda c: c["model"].update(hidden=32), ["model.safetensors does not fit this model", "16.*vs model.*32"]),
+    (lambda c: c["model"].update(hidden_size=32), ["model.safetensors does not fit this model", "16.*vs model.*32"]),
 ], ids=["other model", "other config"])
 def test_eval_with_another_models_export(trained, tmp_path, capsys, edit, patterns):
     """`mmer eval RUN` where RUN/config.yaml and RUN/export disagree (an export copied between runs)."""
@@ -346,3 +346,84 @@ def test_config_error_type_through_the_api(tmp_path):
         api.train("early_fusion", toy_store(tmp_path / "s").path, out=tmp_path / "runs", epochs=1,
                   overrides=TINY, progress=False, accelerator="cpu", devices=10_000)
     assert not (tmp_path / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- run directories (issue 12: 1, 6)
+
+
+def test_run_records_the_absolute_store_and_eval_works_from_another_folder(tmp_path, monkeypatch):
+    """A run made from one folder is evaluated from any other: env.json holds the store's
+    absolute path and fingerprint (it held the path as typed, relative to the training folder)."""
+    from mmerkit.run import store_fingerprint
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    store = toy_store(Path("store"))
+    [res] = api.train("early_fusion", "store", out="runs", epochs=1, overrides=TINY, **QUIET)
+    env = json.loads((work / res.run_dir / "env.json").read_text())
+    assert env["store"] == str((work / "store").resolve())
+    assert env["store_fingerprint"] == store_fingerprint(store)
+    monkeypatch.chdir(tmp_path)
+    metrics = api.evaluate(work / res.run_dir)
+    assert metrics["micro_f1"] == pytest.approx(res.test_metrics["micro_f1"])
+
+
+def test_eval_after_the_store_moved_says_what_to_pass(trained, tmp_path, capsys):
+    store, run_dir = trained
+    moved = tmp_path / "moved"
+    shutil.copytree(store.path, moved)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    env = json.loads((run / "env.json").read_text())
+    env["store"] = str(tmp_path / "gone" / "store")  # the store was trained on, since moved away
+    (run / "env.json").write_text(json.dumps(env))
+    err = mmer_fails(capsys, "eval", str(run))
+    assert_mentions(err, re.escape(str(tmp_path / "gone" / "store")), "not there any more", r"-d STORE")
+    assert "omit -d" not in err
+    # passing the moved store works, and its fingerprint is the recorded one
+    assert api.evaluate(run, data=moved)["micro_f1"] == pytest.approx(api.evaluate(run_dir)["micro_f1"])
+
+
+def test_eval_refuses_a_store_that_changed_since_training(trained, tmp_path, capsys):
+    store, run_dir = trained
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    env = json.loads((run / "env.json").read_text())
+    env["store_fingerprint"] = "0" * 16  # as if the store had been converted again since
+    (run / "env.json").write_text(json.dumps(env))
+    err = mmer_fails(capsys, "eval", str(run))
+    assert_mentions(err, "changed since", re.escape(str(store.path)), r"-d STORE")
+
+
+def test_runs_are_named_by_the_store_not_its_converter(tmp_path, capsys):
+    """Two custom stores no longer share the name `custom` (the second run was `_2`); a name
+    that is taken is numbered visibly."""
+    rng = np.random.default_rng(0)
+    n = 24
+    feats = {"text": rng.normal(size=(n, 4, 8)).astype(np.float32)}
+    y = np.eye(3, dtype=np.uint8)[rng.integers(0, 3, n)]
+    split = np.array(["train"] * 12 + ["valid"] * 6 + ["test"] * 6)
+    dirs = []
+    for name in ("one", "two"):
+        store = from_arrays(feats, y, split, tmp_path / "stores" / name, label_names=LABELS)
+        [res] = api.train("early_fusion", store.path, out=tmp_path / "runs", epochs=1, overrides=TINY, **QUIET)
+        dirs.append(res.run_dir.name)
+    assert dirs == ["early_fusion_one_seed1", "early_fusion_two_seed1"]
+    capsys.readouterr()
+    [again] = api.train("early_fusion", tmp_path / "stores" / "one", out=tmp_path / "runs", epochs=1,
+                        overrides=TINY, **QUIET)
+    assert again.run_dir.name == "early_fusion_one_seed1_2"
+    out = capsys.readouterr().out
+    assert "early_fusion_one_seed1 already exists" in out and "early_fusion_one_seed1_2" in out
+
+
+def test_duplicate_seeds_are_refused(tmp_path, capsys):
+    store = toy_store(tmp_path / "s")
+    before = snapshot(tmp_path)
+    err = mmer_fails(capsys, "train", "-m", "early_fusion", "-d", str(store.path), "--out", str(tmp_path / "runs"),
+                     "--seeds", "1", "--seeds", "1", "--epochs", "1")
+    assert_mentions(err, r"repeats seed 1", r"--seeds 1 2 3")
+    with pytest.raises(ConfigError, match=r"seeds=\[2, 3, 2\].*repeats seed 2"):
+        api.train("early_fusion", store.path, out=tmp_path / "runs", seeds=[2, 3, 2], epochs=1, **QUIET)
+    assert snapshot(tmp_path) == before

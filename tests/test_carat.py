@@ -3,16 +3,13 @@ modalities, state round trip. Tiny dimensions keep the file fast on one core."""
 
 from __future__ import annotations
 
-from importlib import resources
-
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
 from mmerkit.data.batch import Batch
 from mmerkit.data.store import DataSpec
-from mmerkit.models.base import create_model
+from mmerkit.models.base import build_model_config, create_model
 from mmerkit.models.carat import ABLATIONS, CARAT, prototype_ema
 
 DIMS = {"text": 12, "visual": 5, "audio": 7}
@@ -197,15 +194,12 @@ def test_ablation_presets_train(name):
         assert "cl" not in terms
 
 
-def test_ablation_yaml_presets_agree_with_dict():
-    root = resources.files("mmerkit") / "configs" / "presets"
-    names = sorted(p.name[:-5] for p in root.iterdir() if p.name.startswith("carat-no-"))
-    assert names == sorted(ABLATIONS)
-    for name in names:
-        doc = yaml.safe_load((root / f"{name}.yaml").read_text())
-        model = dict(doc["model"])
-        assert model.pop("name") == "carat"
-        assert model == ABLATIONS[name], name
+def test_ablation_presets_resolve_from_the_table():
+    from mmerkit.config import load_config
+
+    for name, changes in ABLATIONS.items():
+        model = load_config(config=name).model
+        assert {k: model[k] for k in changes} == changes, name
 
 
 def test_missing_modality_is_finite():
@@ -314,9 +308,39 @@ def test_config_defaults_and_authors_preset_are_the_authors_values():
     defaults = CaratConfig().model_dump()
     assert {k: defaults[k] for k in AUTHORS} == AUTHORS
     cfg = load_config("carat", None, "carat-authors")
-    assert {k: cfg.model[k] for k in AUTHORS} == AUTHORS
+    authors = build_model_config("carat", cfg.model)
+    assert {k: getattr(authors, k) for k in AUTHORS} == AUTHORS
     assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.warmup_proportion, cfg.optim.schedule) == \
         ("bertadam", 5e-5, 0.1, "linear")
-    ours = load_config("carat", None, None)  # mmerkit's recipe: only lr and three weights differ
-    assert {k for k in AUTHORS if ours.model[k] != AUTHORS[k]} == {"cl_weight", "recon_mse_weight",
-                                                                   "aug_mse_weight"}
+    ours = build_model_config("carat", load_config("carat", None, None).model)
+    # mmerkit's recipe: only lr and three weights differ
+    assert {k for k in AUTHORS if getattr(ours, k) != AUTHORS[k]} == {"cl_weight", "recon_mse_weight",
+                                                                      "aug_mse_weight"}
+
+
+def test_aggregation_and_reconstruction_are_xavier_uniform():
+    """carat.md addendum: the authors initialise the aggregation MLP and the reconstruction nets
+    with xavier-uniform, whose range is 2-2.4x torch's default (1 / sqrt(fan_in))."""
+    model = small()
+    layers = [*model.recon, model.agg.fc1, model.agg.fc2, model.enc[0].fc1, model.dec[0].fc2]
+    for lin in layers:
+        fan_out, fan_in = lin.weight.shape
+        xavier = (6.0 / (fan_in + fan_out)) ** 0.5
+        assert xavier > 1.3 / fan_in ** 0.5  # the two ranges are told apart at this size
+        assert 0.9 * xavier < lin.weight.abs().max() <= xavier
+
+
+def test_one_label_convention_for_soft_labels():
+    """A soft target of 0.3 is negative both for the prototypes and for the contrastive class
+    (the old code counted it as negative for one and positive for the other)."""
+    spec = make_spec()
+    model = small(spec, proto_m=0.0)  # m = 0: a prototype becomes the last sample's z
+    batch = make_batch(spec, b=1)
+    batch.labels[:] = torch.tensor([[0.3, 0.9, 0.0, 1.0]])
+    out, _ = step(model, batch)
+    z = F.normalize(out.aux["z"].detach(), dim=-1)[0]  # (M, L, p)
+    torch.testing.assert_close(model.neg_protos[:, 0], z[:, 0])  # 0.3 updated the negative one
+    labels = model._pool_labels(batch.labels, out.aux["present"]).view(-1, 3, 4)[0]  # first view
+    L = 4
+    negative_class = 0 + L * (2 * torch.arange(3) + 1)
+    assert labels[:, 0].tolist() == negative_class.tolist()

@@ -125,6 +125,7 @@ WORKER = textwrap.dedent('''
     from mmerkit.data.store import FeatureStore
     from mmerkit.engine import Engine
     from mmerkit.models.base import create_model
+    from mmerkit.predict import collect_rows
 
     store_path, out, world = sys.argv[1], sys.argv[2], int(sys.argv[3])
     torch.set_num_threads(1)
@@ -137,30 +138,36 @@ WORKER = textwrap.dedent('''
     store = FeatureStore(store_path)
     torch.manual_seed(0)
     model = create_model("early_fusion", store.spec(), cfg.model)
-    for split in ("valid", "test"):
+    for split in ("valid", "test", "one"):
         # the rows this rank evaluates, gathered in rank order: each row must appear once overall
-        local = torch.cat([b.index for b in engine.loader(store, split, train=False)])
-        n = len(store.split(split).labels)
-        rows, _ = engine._gather_rows(local, local[:, None].float(), n)
+        rows = collect_rows(lambda b: {"index": b.index}, engine.loader(store, split, train=False),
+                            engine.gather if world > 1 else None)["index"]
         res = engine.predict_split(model, store, split)
         if fabric.global_rank == 0:
-            np.save(f"{out}/{split}_rows_{world}.npy", rows.numpy())
+            np.save(f"{out}/{split}_rows_{world}.npy", rows)
             np.save(f"{out}/{split}_probs_{world}.npy", res.probs)
     fabric.barrier()
 ''')
 
 
 def test_sharded_eval_covers_every_sample_once(tmp_path):
-    """Odd split sizes (25 valid, 31 test) over 2 ranks with eval batch 4: the gathered rows are
-    a permutation of the split (no padding duplicates, none missing), their ids are the split's
-    ids, and the probabilities equal a 1-process evaluation of the same weights (atol 1e-6:
-    only the batch composition differs, which may change float summation order)."""
-    store = toy_store(tmp_path / "store", n_valid=25, n_test=31)
+    """Odd split sizes (25 valid, 31 test, and a 1-sample split that leaves rank 1 without a
+    row) over 2 ranks with eval batch 4: the gathered rows are a permutation of the split (no
+    padding duplicates, none missing), their ids are the split's ids, and the probabilities
+    equal a 1-process evaluation of the same weights (atol 1e-6: only the batch composition
+    differs, which may change float summation order)."""
+    from helpers import LABELS, random_split
+
+    from mmerkit.data.store import write_store
+
+    sizes = {"train": 64, "valid": 25, "test": 31, "one": 1}
+    store = write_store(tmp_path / "store", {s: random_split(n, seed) for seed, (s, n) in enumerate(sizes.items())},
+                        LABELS, name="toy")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     for world in (1, 2):
         _run([sys.executable, str(script), str(store.path), str(tmp_path), str(world), json.dumps(TINY)])
-    for split, n in (("valid", 25), ("test", 31)):
+    for split, n in (("valid", 25), ("test", 31), ("one", 1)):
         rows = np.load(tmp_path / f"{split}_rows_2.npy")
         assert len(rows) == n and sorted(rows.tolist()) == list(range(n))
         ids = list(store.split(split).ids)

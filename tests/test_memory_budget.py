@@ -43,8 +43,9 @@ HEADROOM = 512 << 20  # what the run may allocate beyond the imports (one batch 
 T, D = 16, 16384  # 1 MiB per sample: few, wide samples keep the epoch cheap in compute
 SPLITS = {"train": 2048, "valid": 32, "test": 32}  # 2.06 GiB of features in all
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="RLIMIT_DATA semantics and /proc/self/status are Linux's")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                 reason="RLIMIT_DATA semantics and /proc/self/status are Linux's")]
 
 
 def _write_features(path: Path, n: int, seed: int, chunk: int = 64) -> None:
@@ -118,7 +119,7 @@ threading.Thread(target=sample, daemon=True).start()
 t0 = time.monotonic()
 [res] = api.train("early_fusion", store, out=out, epochs=1, progress=False, accelerator="cpu", devices=1,
                   batch_size=32, eval_batch_size=32,
-                  overrides=["model.hidden=16", "model.layers=1", "model.ffn=32", "model.heads=2"])
+                  overrides=["model.hidden_size=16", "model.layers=1", "model.intermediate_size=32", "model.num_heads=2"])
 train_s = time.monotonic() - t0
 peak["anon"] = max(peak["anon"], status("RssAnon"))
 try:  # the control: reading the train features eagerly must NOT fit the budget
@@ -156,6 +157,6 @@ def test_train_one_epoch_within_a_memory_budget_smaller_than_the_store(big_store
     assert budget < store_bytes / 1.5, "torch alone takes most of the budget: make the store bigger"
     assert report["control"] == "MemoryError", "the budget does not bind: an eager load of the store fit in it"
     assert report["peak_data"] <= budget and report["peak_anon"] < budget
-    assert np.isfinite(report["micro_f1"])
     [run] = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
-    assert (run / "test_metrics.json").exists()
+    saved = json.loads((run / "test_metrics.json").read_text())  # the run finished and wrote its result
+    assert saved["micro_f1"] == report["micro_f1"] and saved["best_epoch"] == 1

@@ -170,10 +170,10 @@ def test_empty_label_set(tmp_path):
     data = _aligned()
     data["train"]["tgt"][3] = [2, 3]
     pt = _save_pt(data, tmp_path / "mosei.pt")
-    with pytest.raises(DataError, match=r"mosei\.pt.*'train'.*sample 3.*empty label set.*allow_empty"):
+    with pytest.raises(DataError, match=r"mosei\.pt.*'train'.*sample 3.*empty label set.*empty_labels='allow' \(CLI: --empty-labels allow\)"):
         convert_mosei_aligned(pt, tmp_path / "store")
     _only_inputs_left(tmp_path, pt)
-    store = convert_mosei_aligned(pt, tmp_path / "store", allow_empty=True)
+    store = convert_mosei_aligned(pt, tmp_path / "store", empty_labels="allow")
     assert np.asarray(store.split("train").labels[3]).sum() == 0
 
 

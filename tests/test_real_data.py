@@ -4,7 +4,6 @@ The data is read in place and never copied into the repository or the package.
 """
 
 import csv
-import math
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ def read_meld(split: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @need(MELD)
 def test_meld_dialogues_train_and_evaluate(tmp_path):
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -65,13 +65,16 @@ def test_meld_dialogues_train_and_evaluate(tmp_path):
     [res] = api.train("early_fusion", store.path, out=tmp_path / "runs", epochs=2, overrides=TINY,
                       batch_size=64, progress=False)
     metrics = api.evaluate(res.run_dir, split="test")
-    assert math.isfinite(metrics["micro_f1"]) and 0.0 <= metrics["micro_f1"] <= 1.0
+    assert metrics["micro_f1"] == pytest.approx(res.test_metrics["micro_f1"])  # the export reproduces the run
+    # dialogue-level multi-label sets: the trained model beats predicting no label at all (F1 0)
+    assert metrics["micro_f1"] > 0.3
 
 
 def load_avec(name: str) -> np.ndarray:
     return np.loadtxt(AVEC / name, delimiter=",", dtype=np.float32, ndmin=2)
 
 
+@pytest.mark.slow
 @need(AVEC)
 def test_avec_custom_npz_beats_majority(tmp_path):
     feats = {"audio": load_avec("uttAVEC_GeMAPS.csv"), "text": load_avec("uttAVEC_CSA.csv"),

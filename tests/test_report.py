@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import LABELS, TINY, toy_store
+from helpers import CARAT_TINY, LABELS, QUIET, TINY, toy_store
 from typer.testing import CliRunner
 
 from mmerkit import api
@@ -18,10 +18,6 @@ from mmerkit.report import ablation_rows, format_ablation, format_table, report
 
 torch.set_num_threads(1)
 runner = CliRunner()
-
-CARAT_TINY = ["model.hidden_size=16", "model.num_heads=2", "model.intermediate_size=16", "model.proj_size=8",
-              "model.layers={text: 1, audio: 1}", "model.moco_queue=64", "model.dropout=0.0"]
-QUIET = ["train.batch_size=16", "train.progress=false"]
 
 
 def mmer(*args: str) -> str:
@@ -53,7 +49,7 @@ def test_report_numbers_are_mean_and_sample_std(tmp_path):
     exp = tmp_path / "exp"
     ms = {s: metrics_for(rng) for s in (1, 2, 3)}
     for s, m in ms.items():
-        fake_run(exp, "early_fusion", s, m, hidden=16)
+        fake_run(exp, "early_fusion", s, m, hidden_size=16)
     fake_run(exp / "other", "carat", 1, metrics_for(rng))
     (exp / "carat_toy_seed9").mkdir()  # unfinished: config.yaml but no test_metrics.json
     (exp / "carat_toy_seed9" / "config.yaml").write_text("model: {name: carat}\n")

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from pydantic import ValidationError
 
 from mmerkit.data.store import FeatureStore
 from mmerkit.data.synthetic import (
@@ -17,7 +16,7 @@ from mmerkit.data.synthetic import (
     split_sizes,
     write_synthetic,
 )
-from mmerkit.errors import DataError
+from mmerkit.errors import ConfigError, DataError
 
 # small dims keep the statistics tests fast; label draws do not depend on dims or seq_len
 SMALL_DIMS = {"text": 6, "visual": 5, "audio": 4}
@@ -107,12 +106,18 @@ def test_other_labels_and_modalities():
     assert _all_labels(s).sum(1).min() >= 1
 
 
-@pytest.mark.parametrize("bad", [
-    {"split": (0.5, 0.1, 0.1)}, {"split": (1.2, -0.1, -0.1)}, {"samples": 4, "split": (0.9, 0.05, 0.05)},
-    {"labels": ("a", "a")}, {"dims": {}}, {"missing_rate": 1.5}, {"colour": "red"},
+@pytest.mark.parametrize("bad, says", [
+    ({"split": (0.5, 0.1, 0.1)}, "option split: split fractions must be >= 0 and sum to 1"),
+    ({"split": (1.2, -0.1, -0.1)}, "option split: split fractions"),
+    ({"samples": 4, "split": (0.9, 0.05, 0.05)}, r"synthetic data: samples=4 .* leaves an empty split"),
+    ({"labels": ("a", "a")}, "option labels: labels must be non-empty and unique"),
+    ({"dims": {}}, "option dims: dims needs at least one modality"),
+    ({"missing_rate": 1.5}, r"option missing_rate: .*less than or equal to 1 \(got 1.5\).*--missing-rate"),
+    ({"colour": "red"}, "option colour: Extra inputs are not permitted .*Valid keys: samples"),
 ])
-def test_config_validation(bad):
-    with pytest.raises(ValidationError):
+def test_config_validation(bad, says):
+    """A bad knob is a ConfigError (the CLI prints it without a traceback) naming it."""
+    with pytest.raises(ConfigError, match=says):
         SynthConfig(**bad)
 
 
@@ -161,7 +166,10 @@ def test_signal_makes_labels_learnable_easy_setting():
     assert pooled_logreg_baseline(make_synthetic(cfg))["micro_f1"] > 0.6
 
 
-@pytest.mark.slow
 def test_default_size_is_3000_samples():
-    splits = make_synthetic()
-    assert sum(len(s.labels) for s in splits.values()) == 3000
+    """The default's size, without generating its 245 MB: the splits make_synthetic cuts are
+    split_sizes(samples, split) (checked on a small config in test_write_synthetic / sizes)."""
+    cfg = SynthConfig()
+    assert cfg.samples == 3000 and sum(split_sizes(cfg.samples, cfg.split).values()) == 3000
+    small = SynthConfig(samples=90, seq_len=3, dims=SMALL_DIMS)
+    assert {k: len(v.labels) for k, v in make_synthetic(small).items()} == split_sizes(90, small.split)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import LABELS, TINY, toy_store
+from helpers import CARAT_TINY, LABELS, QUIET, TINY, toy_store
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
@@ -14,9 +14,6 @@ from mmerkit.viz import tsne_points
 
 torch.set_num_threads(1)
 runner = CliRunner()
-QUIET = ["train.batch_size=16", "train.progress=false"]
-CARAT_TINY = ["model.hidden_size=16", "model.num_heads=2", "model.intermediate_size=16", "model.proj_size=8",
-              "model.layers={text: 1, audio: 1}", "model.moco_queue=64", "model.dropout=0.0"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,9 @@
-"""The Python twin of every `mmer` command. Each function wires config -> data -> model -> engine.
+"""The Python twin of every `mmer` command: typed arguments in, typed results out.
+
+Each function wires config -> data -> model -> engine; the orchestration (devices, torchrun,
+run naming, the prediction loop) lives below, in mmerkit.engine, mmerkit.run and
+mmerkit.predict. Errors name the parameter (and its CLI flag in brackets). cli.py imports this
+module only: what it prints with (tables, formats, errors) is re-exported here.
 
 Example:
     >>> from mmerkit import api
@@ -9,20 +14,73 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from mmerkit.config import RunConfig, from_yaml, load_config
+from mmerkit.config import RunConfig, check_threshold, load_config
 from mmerkit.data.store import FeatureStore
-from mmerkit.errors import ConfigError, DataError, MMERError
+from mmerkit.errors import (
+    CheckpointError,
+    CommandInterrupted,
+    ConfigError,
+    DataError,
+    MMERError,
+    TrainingInterrupted,
+)
+from mmerkit.metrics import MAIN_METRICS
 from mmerkit.registry import did_you_mean
+
+if TYPE_CHECKING:
+    from mmerkit.models.base import MMERModel
+    from mmerkit.run import RunResult
+
+__all__ = ["MAIN_METRICS", "CheckpointError", "CommandInterrupted", "ConfigError", "DataError", "LoadedRun",
+           "MMERError", "TrainingInterrupted", "extract_summary", "format_plan", "ablate",
+           "build_config", "data_convert", "data_inspect", "data_synth", "datasets_table",
+           "default_plot_path", "demo", "embedded_store", "evaluate", "extract", "format_ablation",
+           "format_table", "is_main_process", "load_run", "model_ablations", "models_table", "plot",
+           "predict", "report", "resolve_store", "serve", "train"]
+
+
+def format_table(rows: list[dict[str, Any]], fmt: str = "md", digits: int = 4,
+                 metrics: Sequence[str] | None = None) -> str:
+    """The `report` table as markdown, CSV or LaTeX (see mmerkit.report.format_table)."""
+    from mmerkit.report import format_table as _format
+
+    return _format(rows, fmt, digits, metrics)
+
+
+def format_ablation(rows: list[dict[str, Any]], fmt: str = "md", digits: int = 4) -> str:
+    """The `ablate` table as markdown, CSV or LaTeX (see mmerkit.report.format_ablation)."""
+    from mmerkit.report import format_ablation as _format
+
+    return _format(rows, fmt, digits)
+
+
+def format_plan(plan: dict[str, Any]) -> list[str]:
+    """The lines `mmer train --dry-run` prints for the plan `train(..., dry_run=True)` returns."""
+    from mmerkit.plan import format_plan as _format
+
+    return _format(plan)
+
+
+def extract_summary(result: Any) -> dict[str, Any]:
+    """A JSON-able account of an `extract` result (what `mmer extract` prints)."""
+    from mmerkit.extract.pipeline import summary
+
+    return summary(result)
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a multi-process run (they print nothing)."""
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 # ----------------------------------------------------------------------------- tables
 
@@ -79,37 +137,32 @@ def data_convert(source: str, path: str | Path, out: str | Path, labels_from: st
     table = _converters()
     if source not in table or table[source]["convert"] is None:
         names = [k for k, v in table.items() if v["convert"] is not None]
-        raise ConfigError(f"unknown --from {source!r}.{did_you_mean(source, names)} Known: {', '.join(names)}")
+        raise ConfigError(f"unknown source={source!r} (CLI: --from).{did_you_mean(source, names)} "
+                          f"Known: {', '.join(names)}")
     fn = table[source]["convert"]
     _check_converter_options(source, fn, options)
     kwargs: dict[str, Any] = {"nan_policy": nan_policy, "overwrite": overwrite, **options}
     if source == "mosei-unaligned":
         if labels_from is None:
-            raise ConfigError("--from mosei-unaligned needs --labels-from train_valid_test.pt: the MulT "
+            raise ConfigError("source='mosei-unaligned' (CLI: --from) needs labels_from=train_valid_test.pt "
+                              "(CLI: --labels-from): the MulT "
                               "pickle has no emotion labels, they come from the aligned file")
         return fn(path, labels_from, out, **kwargs)
     if labels_from is not None:
         if "labels_from" not in inspect.signature(fn).parameters:
-            raise ConfigError(f"--labels-from is not an option of --from {source}")
+            raise ConfigError(f"labels_from (CLI: --labels-from) is not an option of source={source!r} (CLI: --from)")
         kwargs["labels_from"] = labels_from
     return fn(path, out, **kwargs)
 
 
 def _check_converter_options(source: str, fn: Any, options: dict[str, Any]) -> None:
-    """Unknown converter options are errors that list the valid ones (no silent typos)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return  # the converter checks its own options (custom)
-    valid = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
-             and n not in ("nan_policy", "overwrite")]
-    for key in list(options):  # `--no-personality` -> personality=False
-        if key.startswith("no_") and key[3:] in valid and options[key] is True:
-            options[key[3:]] = False
-            del options[key]
-    for key in options:
-        if key not in valid:
-            raise ConfigError(f"--from {source} has no option {key!r}.{did_you_mean(key, valid)} "
-                              f"Options: {', '.join(valid) or 'none'}")
+    """Unknown or mistyped converter options are errors that name the closest valid one
+    (mmerkit.data.options); `options` is normalised in place (`no_x=True` -> `x=False`)."""
+    from mmerkit.data.options import check_converter_options
+
+    checked = check_converter_options(source, fn, options)
+    options.clear()
+    options.update(checked)
 
 
 def data_inspect(store: str | Path | FeatureStore) -> dict[str, Any]:
@@ -119,34 +172,22 @@ def data_inspect(store: str | Path | FeatureStore) -> dict[str, Any]:
     return inspect_store(store)
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("MMERKIT_CACHE", Path.home() / ".cache" / "mmerkit"))
-
-
 def embedded_store(params: dict[str, Any]) -> FeatureStore:
     """The synthetic store for these generator parameters, generated once into the cache."""
-    from mmerkit.data.synthetic import GENERATOR_VERSION, SynthConfig, write_synthetic
+    from mmerkit.run import embedded_store as _embedded
 
-    cfg = SynthConfig(**params)
-    # the generator version is in the key so a changed generator never reuses a stale cache
-    key = hashlib.sha1(f"v{GENERATOR_VERSION}{cfg.model_dump_json()}".encode()).hexdigest()[:10]
-    path = _cache_dir() / f"synthetic-{key}"
-    if not (path / "meta.json").exists():
-        write_synthetic(path, cfg, overwrite=True)
-    return FeatureStore(path)
+    return _embedded(params)
 
 
 def resolve_store(data: str | Path | None, cfg: RunConfig) -> FeatureStore:
-    if data is None and cfg.data.path is None:
-        return embedded_store(cfg.data.synthetic)
-    path = Path(data if data is not None else cfg.data.path)
-    if not path.exists():
-        raise DataError(f"data {path} does not exist; make a store with `mmer data synth --out {path}` "
-                        "or `mmer data convert ... --out`, or omit -d to use the embedded dataset")
-    return FeatureStore(path)
+    """The store a new run trains on: `data`, else the config's data.path, else the embedded data."""
+    from mmerkit.run import training_store
+
+    return training_store(data, cfg)
 
 
 def _dataset_key(store: FeatureStore) -> str:
+    """Which configs/datasets/<key>.yaml applies: the store's origin (not its name)."""
     source = str(store.meta.get("source", ""))
     return "synthetic" if source.startswith("mmerkit synthetic") else source.split(":", 1)[0]
 
@@ -154,159 +195,100 @@ def _dataset_key(store: FeatureStore) -> str:
 # ----------------------------------------------------------------------------- training
 
 
+ConfigLike = RunConfig | str | Path | dict | None
+
+
 def _engine_overrides(**kw: Any) -> list[str]:
     return [f"train.{k}={v}" for k, v in kw.items() if v is not None]
 
 
-def build_config(model: str | None, store: FeatureStore | None, config: str | Path | None,
+def build_config(model: str | None, store: FeatureStore | None, config: ConfigLike,
                  overrides: Sequence[str], **train_kw: Any) -> RunConfig:
+    """The resolved RunConfig: model and dataset defaults < `config` (a YAML file, a preset name,
+    a dict of sections or a RunConfig) < `overrides` (`section.key=value`) < `train_kw`."""
     dataset = _dataset_key(store) if store is not None else None
     return load_config(model, dataset, config, [*overrides, *_engine_overrides(**train_kw)])
 
 
-def _run_dir(out: Path, model: str, data_name: str, seed: int, resume: bool) -> Path:
-    base = f"{model}_{data_name}_seed{seed}"
-    candidates = sorted((p for p in out.glob(f"{base}*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    if resume:
-        unfinished = [p for p in candidates if (p / "last.ckpt").exists() and not (p / "test_metrics.json").exists()]
-        if unfinished:
-            return unfinished[-1]
-        raise ConfigError(f"--resume: no unfinished run {base}* with last.ckpt in {out}")
-    path, k = out / base, 2
-    while path.exists():
-        path, k = out / f"{base}_{k}", k + 1
-    return path
+def train(model: str | None = None, data: str | Path | FeatureStore | None = None, *,
+          config: ConfigLike = None, out: str | Path = "runs", epochs: int | None = None,
+          seeds: Sequence[int] | None = None, overrides: Sequence[str] = (), resume: bool = False,
+          dry_run: bool = False, **train_kw: Any) -> list[RunResult]:
+    """Train `model` on a store (or the embedded data) once per seed; one RunResult per seed
+    (`.run_dir`, `.test_metrics`, `.valid_metrics`, `.threshold`, `.history`, `.run`).
+    With `dry_run=True` nothing is trained or written: data, config, devices and the memory
+    estimate are checked and the plan is returned as a dict (mmerkit.plan).
 
+    `config` is a YAML file, a packaged preset name, a dict of sections or a RunConfig;
+    `overrides` are `section.key=value` strings; `train_kw` are TrainConfig fields (devices,
+    accelerator, num_nodes, strategy, precision, deterministic, batch_size, threshold, ...).
 
-def train(model: str | None = None, data: str | Path | None = None, *, out: str | Path = "runs",
-          epochs: int | None = None, seeds: Sequence[int] | None = None, config: str | Path | None = None,
-          overrides: Sequence[str] = (), resume: bool = False, **train_kw: Any) -> list:
-    """Train `model` on a store (or the embedded data) once per seed; returns one FitResult per seed.
-
-    `train_kw` are TrainConfig fields (devices, accelerator, num_nodes, strategy, precision,
-    deterministic, batch_size, threshold, ...); `overrides` are `section.key=value` strings.
+    Example:
+        >>> [run] = api.train("early_fusion", "store", config={"train": {"epochs": 2}})  # doctest: +SKIP
+        >>> run.test_metrics["micro_f1"], run.run_dir                                   # doctest: +SKIP
     """
-    from lightning_fabric.utilities.seed import seed_everything
+    from mmerkit.engine import train_seeds
 
-    from mmerkit.engine import Engine
-    from mmerkit.models.base import create_model
+    seeds = _distinct_seeds(seeds)
+    if isinstance(data, FeatureStore):
+        data = data.path
 
-    cfg0 = build_config(model, None, config, overrides, epochs=epochs, **train_kw)
-    fabric = _make_fabric(cfg0)
-    store = _rank0_first(fabric, lambda: resolve_store(data, cfg0))
-    cfg0 = build_config(model, store, config, overrides, epochs=epochs, **train_kw)
-    out = Path(out)
-    results = []
-    for seed in seeds or [cfg0.train.seed]:
-        cfg = cfg0.model_copy(update={"train": cfg0.train.model_copy(update={"seed": seed})})
-        run_dir = _run_dir(out, cfg.model_name, _dataset_key(store) or store.name, seed, resume)
-        run_dir = Path(fabric.broadcast(str(run_dir), src=0))
-        engine = Engine(cfg, fabric)
-        seed_everything(seed, verbose=False)  # model initialisation depends on the seed too
-        net = create_model(cfg.model_name, store.spec(), cfg.model)
-        results.append(engine.fit(net, store, run_dir, resume=resume))
-    if len(results) > 1 and fabric.global_rank == 0:
-        _write_aggregate(out, results)
-    return results
+    def configure(store: FeatureStore | None) -> RunConfig:
+        return build_config(model, store, config, overrides, epochs=epochs, **train_kw)
+
+    if dry_run:
+        from mmerkit.plan import training_plan
+
+        return training_plan(configure, data, Path(out), seeds, resume=resume)
+    return train_seeds(configure, data, Path(out), seeds, resume=resume)
 
 
-def _make_fabric(cfg: RunConfig):
-    from lightning_fabric import Fabric
+def _note(text: str) -> None:
+    """A line for the user on stdout (rank 0 callers only), as the engine prints its progress."""
+    from rich.console import Console
 
-    t = cfg.train
-    devices, num_nodes = t.devices, t.num_nodes
-    local_world = os.environ.get("LOCAL_WORLD_SIZE")
-    if local_world and "devices" not in t.model_fields_set:
-        # launched by torchrun without --devices: one device per process torchrun started
-        devices = int(local_world)
-        if "num_nodes" not in t.model_fields_set:
-            num_nodes = max(int(os.environ.get("WORLD_SIZE", local_world)) // devices, 1)
-    else:  # devices asked for (not the processes torchrun already started): check before launching
-        _check_device_count(t.accelerator, devices)
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
-
-    try:
-        fabric = Fabric(accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
-                        strategy=t.strategy, precision=t.precision)
-    except (ValueError, RuntimeError, TypeError, MisconfigurationException) as e:
-        raise ConfigError(f"cannot set up devices (accelerator={t.accelerator}, devices={devices}, "
-                          f"num_nodes={num_nodes}, strategy={t.strategy}, precision={t.precision}): {e}") from None
-    if fabric.world_size > 1 or num_nodes > 1:
-        fabric.launch()
-    return fabric
+    Console(soft_wrap=True).print(f"[yellow]note:[/] {text}", highlight=False)
 
 
-def _check_device_count(accelerator: str, devices: int | str) -> None:
-    """More devices than this machine has is a ConfigError, raised before any process is started
-    or any file written. "Available" is torch.cuda.device_count() for cuda/gpu and os.cpu_count()
-    for cpu, where each device is one training process (more would only oversubscribe the cores)."""
-    import torch
-
-    try:
-        n = int(devices)
-    except (TypeError, ValueError):
-        return  # "auto", a list of GPU ids, ...: Fabric checks those
-    acc = str(accelerator).lower()
-    if acc in ("auto", "gpu"):
-        mps = getattr(torch.backends, "mps", None)
-        if not torch.cuda.is_available() and mps is not None and mps.is_available():
-            return  # Apple MPS: one device, Fabric says so
-        acc = "cuda" if acc == "gpu" or torch.cuda.is_available() else "cpu"
-    if acc == "cpu":
-        have = os.cpu_count() or 1
-        what = f"{have} CPU cores (os.cpu_count()), and CPU training runs one process per device"
-    elif acc == "cuda":
-        have = torch.cuda.device_count()
-        what = f"{have} CUDA devices (torch.cuda.device_count())"
-    else:
-        return
-    if n > have:
-        fix = f"pass --devices {have} or fewer" if have else "pass --accelerator cpu"
-        raise ConfigError(f"--devices {n} (train.devices) with accelerator {acc}: this machine has {what}; {fix}")
-
-
-def _rank0_first(fabric, fn):
-    """Run `fn` on rank 0 first (e.g. generating the embedded store), then on the others."""
-    if fabric.global_rank == 0:
-        result = fn()
-        fabric.barrier()
-        return result
-    fabric.barrier()
-    return fn()
-
-
-def _write_aggregate(out: Path, results: list) -> None:
-    from mmerkit.checkpoint import atomic_write_text
-
-    keys = [k for k, v in results[0].test_metrics.items() if isinstance(v, (int, float))]
-    agg = {}
-    for k in keys:
-        vals = np.array([r.test_metrics[k] for r in results], dtype=float)
-        agg[k] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
-    agg["runs"] = [str(r.run_dir) for r in results]
-    atomic_write_text(out / "aggregate.json", json.dumps(agg, indent=2))
+def _distinct_seeds(seeds: Sequence[int] | None) -> list[int] | None:
+    """Each seed is one run: a repeated seed would train the same run twice and count it twice."""
+    if seeds is None or len(seeds) == 0:
+        return None
+    seeds = [int(s) for s in seeds]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"seeds={seeds} (CLI: --seeds) repeats seed {', '.join(map(str, repeated))}: each seed "
+                          "is one run; pass distinct seeds, e.g. --seeds 1 2 3")
+    return seeds
 
 
 # ----------------------------------------------------------------------------- eval / predict
 
 
-def load_run(run_dir: str | Path):
-    """(config, model with best weights, store path from env.json) of a finished run directory."""
-    from mmerkit.checkpoint import check_compatible, load_state_into, read_export
+class LoadedRun(NamedTuple):
+    """A finished run read back: its config, the exported model (best weights), the export's
+    config.json and env.json. Unpacks as `cfg, model, meta, env = api.load_run(run)`."""
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise MMERError(f"{run_dir} is not a run directory (no config.yaml); pass a directory made by `mmer train`")
-    cfg = from_yaml((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
-    meta, state = read_export(run_dir / "export")
-    check_compatible(meta, cfg.model_name, None, run_dir / "export")
+    config: RunConfig
+    model: MMERModel
+    meta: dict
+    env: dict
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """The config, the exported model, the export meta and env.json of a finished run directory."""
+    from mmerkit.checkpoint import check_compatible, load_state_into, read_export
     from mmerkit.data.store import DataSpec
     from mmerkit.models.base import create_model
+    from mmerkit.run import Run
 
+    run = Run(run_dir)
+    cfg = run.read_config()
+    meta, state = read_export(run.export_dir)
+    check_compatible(meta, cfg.model_name, None, run.export_dir)
     model = create_model(cfg.model_name, DataSpec.from_dict(meta["spec"]), cfg.model)
-    load_state_into(model, state, run_dir / "export" / "model.safetensors")
-    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
-    return cfg, model, meta, env
+    load_state_into(model, state, run.export_dir / "model.safetensors")
+    return LoadedRun(cfg, model, meta, run.read_env())
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
@@ -320,13 +302,14 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     from mmerkit.checkpoint import check_compatible
     from mmerkit.engine import Engine, choose_threshold
     from mmerkit.metrics import binarize, compute_metrics
+    from mmerkit.run import Run
 
     cfg, model, meta, env = load_run(run_dir)
-    store = resolve_store(data if data is not None else env.get("store"), cfg)
+    store = Run(run_dir).open_store(data)
     check_compatible(meta, None, store.labels, Path(run_dir) / "export")
     if drop_modality is not None and drop_modality not in store.modalities:
-        raise ConfigError(f"--drop-modality {drop_modality!r}: the store has modalities {list(store.modalities)}"
-                          f".{did_you_mean(drop_modality, list(store.modalities))}")
+        raise ConfigError(f"drop_modality={drop_modality!r} (CLI: --drop-modality): the store has modalities "
+                          f"{list(store.modalities)}.{did_you_mean(drop_modality, list(store.modalities))}")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"devices": 1, "num_nodes": 1,
                                                                        "strategy": "auto", "progress": False})})
     engine = Engine(cfg)
@@ -336,7 +319,7 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
         valid = engine.predict_split(model, store, "valid", drop_modality=drop_modality)
         thr = choose_threshold(threshold, model.threshold, valid.labels, valid.probs)
     else:
-        thr = float(threshold)
+        thr = check_threshold(threshold)
     res = engine.predict_split(model, store, split, drop_modality=drop_modality)
     metrics = compute_metrics(res.labels, binarize(res.probs, np.asarray(thr)), store.labels)
     metrics["threshold"] = thr if isinstance(thr, float) else float(np.mean(thr))
@@ -355,17 +338,68 @@ def _save_export_threshold(export_dir: Path, threshold: float | list[float]) -> 
     atomic_write_text(path, json.dumps(meta, indent=2))
 
 
-def predict(export_dir: str | Path, inputs: str | Path, split: str = "test", out: str | Path | None = None):
-    """Predict a store split with an exported model; writes CSV/JSONL when `out` is given."""
-    from mmerkit.predict import Predictor
+def predict(export_dir: str | Path, inputs: str | Path | None = None, split: str = "test",
+            out: str | Path | None = None, *, media: Sequence[str | Path] | str | Path | None = None,
+            transcripts: Sequence[str | None] | str | None = None, manifest: str | Path | None = None):
+    """Predict a store split (`inputs`), or media files (`media`, with optional `transcripts`, or
+    a `manifest` CSV of them; see `Predictor.predict_media`), with an exported model; writes
+    CSV/JSONL when `out` is given.
 
+    Example:
+        >>> api.predict("runs/carat_clips_seed1/export", media=["new.mp4"])     # doctest: +SKIP
+    """
+    from mmerkit.predict import Predictor, check_output_suffix
+
+    from_media = bool(media) or manifest is not None
+    if (inputs is not None) == from_media:
+        raise ConfigError("predict needs exactly one source: a store (--inputs) or media (--media / --manifest)")
+    if out is not None:
+        check_output_suffix(out)  # before the work, not after it
     export_dir = Path(export_dir)
     if not (export_dir / "config.json").exists() and (export_dir / "export" / "config.json").exists():
         export_dir = export_dir / "export"  # accept the run directory too
-    preds = Predictor.from_pretrained(export_dir).predict(inputs, split=split)
+    predictor = Predictor.from_pretrained(export_dir)
+    if from_media:
+        preds = predictor.predict_media(media, transcripts, manifest=manifest)
+    else:
+        preds = predictor.predict(inputs, split=split)
     if out is not None:
         preds.save(out)
     return preds
+
+
+# ----------------------------------------------------------------------------- media
+
+
+def extract(manifest: str | Path, out: str | Path, *, config: Any = None, text: str | None = None,
+            audio: str | None = None, visual: str | None = None, fps: float | None = None,
+            sample_rate: int | None = None, align: str | None = None, asr: str | None = None,
+            word_timings: str | Path | None = None, level: str | None = None, max_len: int | None = None,
+            plugins: Sequence[str] | None = None, label_names: Sequence[str] | str | None = None,
+            split_seed: int = 0, allow_empty_labels: bool = False, workers: int = 1,
+            shard: str | None = None, strict: bool = False, merge: bool = False,
+            parts: Sequence[str | Path] = (), overwrite: bool = False, progress: bool = False):
+    """Media manifest -> FeatureStore (`mmer extract`); returns an `ExtractResult` (`.store`,
+    `.failed`, `.failures_csv`, `.skipped`, ...). See mmerkit.extract.pipeline and docs/extract.md.
+
+    `config` is an ExtractConfig, a dict or a YAML file; the keyword options override it
+    (`text`/`audio`/`visual` = an extractor name or "none"). `shard="K/N"` extracts one shard
+    and writes no store; `merge=True` builds the store from finished shards (`parts`: their
+    STORE.parts directories from other machines).
+
+    Example:
+        >>> res = api.extract("clips/manifest.csv", "stores/clips", visual="none", workers=2)  # doctest: +SKIP
+        >>> res.store.modalities, res.failed                                                  # doctest: +SKIP
+    """
+    from mmerkit.extract.config import make_config
+    from mmerkit.extract.pipeline import run_extract
+
+    cfg = make_config(config, text=text, audio=audio, visual=visual, fps=fps, sample_rate=sample_rate,
+                      align=align, asr=asr, word_timings=None if word_timings is None else str(word_timings),
+                      level=level, max_len=max_len, plugins=None if plugins is None else list(plugins))
+    return run_extract(manifest, out, config=cfg, label_names=label_names, split_seed=split_seed,
+                       allow_empty_labels=allow_empty_labels, workers=workers, shard=shard, strict=strict,
+                       merge=merge, parts=parts, overwrite=overwrite, progress=progress)
 
 
 # ----------------------------------------------------------------------------- report / ablate
@@ -417,7 +451,7 @@ def _select_ablations(model: str, table: dict[str, dict], only: Sequence[str] | 
             continue
         key = name if name in table else f"{model}-{name}"
         if key not in table:
-            raise ConfigError(f"--only {name!r} is not an ablation of {model}.{did_you_mean(key, list(table))} "
+            raise ConfigError(f"only={name!r} (CLI: --only) is not an ablation of {model}.{did_you_mean(key, list(table))} "
                               f"Ablations: {', '.join(table)}")
         chosen[key] = table[key]
     return chosen
@@ -425,11 +459,9 @@ def _select_ablations(model: str, table: dict[str, dict], only: Sequence[str] | 
 
 def _finished_seed_runs(variant_dir: Path, cfg: RunConfig, seeds: Sequence[int]) -> dict[int, Path]:
     """Finished runs in `variant_dir` with this configuration, by seed (so a re-run resumes)."""
-    import yaml
+    from mmerkit.report import config_fingerprint, find_runs, read_run
 
-    from mmerkit.report import _fingerprint, find_runs, read_run
-
-    want = _fingerprint(cfg.model_dump(mode="json"))
+    want = config_fingerprint(cfg.model_dump(mode="json"))
     found: dict[int, Path] = {}
     if not variant_dir.exists():
         return found
@@ -441,7 +473,7 @@ def _finished_seed_runs(variant_dir: Path, cfg: RunConfig, seeds: Sequence[int])
         info = read_run(d)
         if info is None or info["seed"] not in seeds or info["seed"] in found:
             continue
-        if _fingerprint(yaml.safe_load((d / "config.yaml").read_text())) == want:
+        if config_fingerprint(info["config"]) == want:
             found[int(info["seed"])] = d
     return found
 
@@ -460,8 +492,6 @@ def ablate(model: str = "carat", data: str | Path | None = None, *, out: str | P
         >>> rows = api.ablate("carat", seeds=[1, 2, 3], config="carat-small",
         ...                   only=["no-cl", "no-agg"], out="abl")        # doctest: +SKIP
     """
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
-
     from mmerkit.checkpoint import atomic_write_text
     from mmerkit.report import ablation_rows, format_ablation
     from mmerkit.report import report as _report
@@ -474,15 +504,18 @@ def ablate(model: str = "carat", data: str | Path | None = None, *, out: str | P
     for name, switches in variants.items():
         ov = [*overrides, *(f"model.{k}={json.dumps(v)}" for k, v in switches.items())]
         cfg = build_config(model, store, config, ov, epochs=epochs, **train_kw)
-        wanted = list(seeds or [cfg.train.seed])
+        wanted = list(_distinct_seeds(seeds) or [cfg.train.seed])
         done = _finished_seed_runs(out / name, cfg, wanted)
         todo = [s for s in wanted if s not in done]
+        if done and is_main_process():  # a re-run must not pass old results off as new ones silently
+            _note(f"{name}: reusing finished run(s) with the same config: "
+                  f"{', '.join(f'seed {k} {v}' for k, v in sorted(done.items()))}")
         runs = train(model, store.path, out=out / name, epochs=epochs, seeds=todo, config=config,
                      overrides=ov, **train_kw) if todo else []
         dirs = {**done, **{r.test_metrics["seed"]: r.run_dir for r in runs}}
-        if getattr(rank_zero_only, "rank", 0) == 0:
+        if is_main_process():
             results[name] = _report([dirs[s] for s in wanted])[0]
-    if getattr(rank_zero_only, "rank", 0) != 0:
+    if not is_main_process():
         return []
     rows = ablation_rows(results, "full")
     atomic_write_text(out / "ablation.md", format_ablation(rows, "md"))
@@ -509,6 +542,7 @@ def plot(kind: str, run: str | Path, out: str | Path | None = None, data: str | 
     if kind not in viz.PLOT_KINDS:
         raise ConfigError(f"unknown plot {kind!r}.{did_you_mean(kind, list(viz.PLOT_KINDS))} "
                           f"Plots: {', '.join(viz.PLOT_KINDS)}")
+    _check_plot_options(kind, options)
     run = Path(run)
     if kind == "curves":
         fig = viz.plot_curves(run)
@@ -516,31 +550,54 @@ def plot(kind: str, run: str | Path, out: str | Path | None = None, data: str | 
         fig = _plot_labels(run, data, split)
     else:
         from mmerkit.checkpoint import check_compatible
+        from mmerkit.run import Run
 
         cfg, model, meta, env = load_run(run)
-        store = resolve_store(data if data is not None else env.get("store"), cfg)
+        store = Run(run).open_store(data)
         check_compatible(meta, None, store.labels, run / "export")
-        fn = viz.plot_tsne if kind == "tsne" else viz.plot_heatmap
-        fig = fn(model, store, split, modalities=cfg.data.modalities, **options)
+        if kind == "tsne":
+            fig = viz.plot_tsne(model, store, split, modalities=cfg.data.modalities, **options)
+        else:  # the run's threshold decides the per-sample view's "predicted" labels
+            fig = viz.plot_heatmap(model, store, split, modalities=cfg.data.modalities,
+                                   threshold=meta.get("threshold"), **options)
     if out is not None:
         viz.save_figure(fig, out)
     return fig
 
 
-def _plot_labels(run: Path, data: str | Path | None, split: str):
+def _check_plot_options(kind: str, options: dict[str, Any]) -> None:
+    """A misspelt keyword (`smaple=`) is an error naming the valid ones, never silently ignored."""
     from mmerkit import viz
 
-    if not (run / "config.yaml").exists():
-        raise MMERError(f"{run} is not a run directory (no config.yaml); pass a directory made by `mmer train`")
-    cfg = from_yaml((run / "config.yaml").read_text(), str(run / "config.yaml"))
-    env = json.loads((run / "env.json").read_text()) if (run / "env.json").exists() else {}
-    store = resolve_store(data if data is not None else env.get("store"), cfg)
-    saved = run / "test_metrics.json"
-    if split == "test" and data is None and saved.exists():
-        metrics = json.loads(saved.read_text())
+    fn = {"tsne": viz.plot_tsne, "heatmap": viz.plot_heatmap}.get(kind)
+    valid = [n for n, p in inspect.signature(fn).parameters.items()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in ("modalities", "title", "threshold")] if fn else []
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"plot {kind!r} has no option {key!r}.{did_you_mean(key, valid)} "
+                              f"Options: {', '.join(valid) or 'none'}")
+
+
+def default_plot_path(run: str | Path, kind: str) -> Path:
+    """Where `mmer plot KIND RUN` writes without --out: RUN/plots/KIND.png."""
+    from mmerkit.run import Run
+
+    return Run(run).plot_path(kind)
+
+
+def _plot_labels(run_dir: Path, data: str | Path | None, split: str):
+    from mmerkit import viz
+    from mmerkit.run import Run
+
+    run = Run(run_dir).require()
+    store = run.open_store(data)
+    saved = run.read_test_metrics()
+    if split == "test" and data is None and saved is not None:
+        metrics = saved
     else:
-        metrics = evaluate(run, data, split=split)
-    return viz.plot_labels(metrics, store, split, title=f"per-label F1 and frequency: {run.name} ({split})")
+        metrics = evaluate(run.path, data, split=split)
+    return viz.plot_labels(metrics, store, split,
+                           title=f"per-label F1 and frequency: {run.path.name} ({split})")
 
 
 # ----------------------------------------------------------------------------- demo
@@ -557,3 +614,20 @@ def demo(out: str | Path = "runs/demo", model: str | None = None) -> dict[str, f
     config = preset if preset in packaged_names("presets") else None
     results = train(name, None, out=out, config=config)
     return results[0].test_metrics
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def serve(export_dir: str | Path, **settings: Any) -> None:
+    """Serve an export over HTTP until interrupted (`mmer serve`): POST /v1/predict, GET /v1/model,
+    GET /healthz, the page at /. Keyword arguments are `mmerkit.serve.ServeSettings` fields
+    (host, port, token, max_upload_mb, max_batch, batch_window_ms, ...).
+
+    Example:
+        >>> api.serve("runs/carat_synthetic_seed1/export", port=8000, token="s3cret")  # doctest: +SKIP
+    """
+    from mmerkit.serve import serve as run_server
+    from mmerkit.serve.settings import make_settings
+
+    run_server(export_dir, make_settings(**settings))

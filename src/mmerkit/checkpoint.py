@@ -1,8 +1,9 @@
 """Training checkpoints (resume) and export directories (config.json + model.safetensors).
 
 Every file is written to a temporary sibling, flushed to disk and renamed into place, so an
-interrupted write never leaves a truncated checkpoint under the real name. `load_training_state`
-falls back from a damaged `last.ckpt` to the previous one (`last.ckpt.prev`).
+interrupted write never leaves a truncated checkpoint under the real name. Training state goes
+through Fabric.save / Fabric.load (`save_checkpoint`; the engine's `_restore`), wrapped for that
+rename and for the fallback of a damaged `last.ckpt` to the previous one (`last.ckpt.prev`).
 
 Export layout (what `Predictor.from_pretrained` reads)::
 
@@ -13,7 +14,6 @@ Export layout (what `Predictor.from_pretrained` reads)::
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -31,11 +31,19 @@ EXPORT_FORMAT = "mmerkit-export/1"
 CKPT_FORMAT = "mmerkit-ckpt/1"
 
 
+def file_mode() -> int:
+    """The mode a plain `open()` would give a new file under the current umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp makes it 0600; run files follow the umask like any file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -48,16 +56,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
-
-
-def save_training_state(path: Path, state: dict[str, Any], keep_previous: bool = True) -> None:
-    """torch.save `state` atomically; the former file is kept as `<name>.prev` as a fallback."""
-    path = Path(path)
-    buf = io.BytesIO()
-    torch.save({"format": CKPT_FORMAT, **state}, buf)
-    if keep_previous and path.exists():
-        _keep_as_previous(path)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def _keep_as_previous(path: Path) -> None:
@@ -85,6 +83,13 @@ def _read_ckpt(path: Path) -> dict:
 
 def load_training_state(path: Path, model_name: str | None = None, labels: list[str] | None = None) -> dict:
     """Read a checkpoint; if it is damaged, warn and fall back to `<name>.prev`."""
+    return intact_checkpoint(path, model_name, labels)[1]
+
+
+def intact_checkpoint(path: Path, model_name: str | None = None,
+                      labels: list[str] | None = None) -> tuple[Path, dict]:
+    """(the file read, its state): `path`, or `<name>.prev` with a warning when `path` is
+    damaged; checked against `model_name` and `labels`."""
     path = Path(path)
     candidates = [p for p in (path, path.with_name(path.name + ".prev")) if p.exists()]
     if not candidates:
@@ -97,10 +102,30 @@ def load_training_state(path: Path, model_name: str | None = None, labels: list[
             errors.append(str(e))
             continue
         if errors:
-            warnings.warn(f"{errors[0]}; resuming from the previous checkpoint {p}", stacklevel=2)
+            warnings.warn(f"{errors[0]}; resuming from the previous checkpoint {p}", stacklevel=3)
         check_compatible(state, model_name, labels, p)
-        return state
+        return p, state
     raise CheckpointError("; ".join(errors))
+
+
+def save_checkpoint(fabric, path: Path, state: dict[str, Any], keep_previous: bool = True) -> None:
+    """Fabric.save (modules and optimisers become state dicts; call it on every rank) made
+    atomic: Fabric writes a temporary sibling (its own write is a temp file + move, but without
+    fsync), which rank 0 fsyncs and renames into place; the former file is kept as
+    `<name>.prev` first. A kill at any instant leaves a complete `path` (old or new)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.fabric.tmp")
+    if fabric.is_global_zero:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if keep_previous and path.exists():
+            _keep_as_previous(path)
+    fabric.save(tmp, {"format": CKPT_FORMAT, **state})  # ends with a barrier
+    if fabric.is_global_zero:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # fsspec's temporary file is 0600; run files follow the umask
+        os.replace(tmp, path)
+    fabric.barrier()
 
 
 def check_compatible(meta: dict, model_name: str | None, labels: list[str] | None, origin: Path) -> None:
@@ -125,6 +150,7 @@ def save_export(directory: Path, model: torch.nn.Module, meta: dict[str, Any]) -
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": EXPORT_FORMAT, "model_name": str(meta["model_name"])})
+        os.chmod(tmp, file_mode())  # mkstemp made it 0600; exports follow the umask like any file
         os.replace(tmp, directory / "model.safetensors")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -157,6 +183,13 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], orig
     adapt = getattr(model, "adapt_to_state", None)
     if adapt is not None:  # buffers sized by the fitted data (classic models) take the saved size
         adapt(state)
+    check_state_fits(model, state, origin)
+    model.load_state_dict(state, strict=True)
+
+
+def check_state_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], origin: Path) -> None:
+    """A CheckpointError naming the file and the first mismatching keys / shapes, if `state`
+    does not fit `model`."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -173,4 +206,3 @@ def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], orig
         raise CheckpointError(f"{origin} does not fit this model ({'; '.join(parts)}); it was saved by "
                               "another model, config or label set: use the model and config of the run "
                               "that wrote it (its config.yaml), or start a new run")
-    model.load_state_dict(state, strict=True)

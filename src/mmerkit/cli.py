@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mmerkit import api
-from mmerkit.errors import ConfigError, MMERError
+from mmerkit.api import CommandInterrupted, ConfigError, MMERError, TrainingInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Multi-modal multi-label emotion recognition: train, evaluate and predict.")
@@ -33,12 +34,10 @@ def _table(rows: list[dict], title: str) -> Table:
 
 
 def _metrics_table(metrics: dict, title: str) -> Table:
-    from mmerkit.metrics import MAIN_METRICS
-
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k in MAIN_METRICS:
+    for k in api.MAIN_METRICS:
         if k in metrics:
             table.add_row(k, f"{metrics[k]:.4f}")
     return table
@@ -135,8 +134,15 @@ def data_inspect(store: Path = typer.Argument(..., help="store directory"),
         for m, mi in info["modalities"].items():
             row[f"{m} len"] = f"{mi['len_min']}-{mi['len_max']} ({mi['len_mean']:.1f})"
             row[f"{m} missing"] = f"{mi['missing_rate']:.1%}"
+        row["NaN/inf"] = sum(mi["nonfinite"] for mi in info["modalities"].values()) + \
+            sum(e["nonfinite"] for e in info["extras"].values())
         rows.append(row)
     console.print(_table(rows, "splits"))
+    for split, info in report["splits"].items():
+        for m, mi in {**info["modalities"], **info["extras"]}.items():
+            if mi["nonfinite"]:
+                console.print(f"[bold red]{split}/{m}: {mi['nonfinite']} NaN/inf values[/] (training refuses this "
+                              "store; convert the data again with --nan-policy zero)", highlight=False)
     freq = [{"label": lab, **{s: f"{info['label_frequency'][lab]:.3f}" for s, info in report["splits"].items()}}
             for lab in report["labels"]]
     console.print(_table(freq, "label frequency"))
@@ -153,19 +159,24 @@ def train(model: str | None = typer.Option(None, "-m", "--model", help="model na
           devices: str | None = typer.Option(None, help="devices per node (int or 'auto')"),
           accelerator: str | None = typer.Option(None, help="cpu | gpu | auto"),
           num_nodes: int | None = typer.Option(None, "--num-nodes"),
-          strategy: str | None = typer.Option(None, help="auto | ddp | fsdp"),
+          strategy: str | None = typer.Option(None, help="auto | ddp"),
           precision: str | None = typer.Option(None, help="32-true | bf16-mixed | 16-mixed"),
           deterministic: bool = typer.Option(False, "--deterministic", help="deterministic algorithms"),
           threshold: str | None = typer.Option(None, help="default | search | per-label | a number"),
-          resume: bool = typer.Option(False, "--resume", help="continue the latest unfinished run in --out")) -> None:
+          resume: bool = typer.Option(False, "--resume", help="continue the latest unfinished run in --out"),
+          dry_run: bool = typer.Option(False, "--dry-run", help="check data, config, devices and memory; print "
+                                       "the plan; train and write nothing")) -> None:
     """Train a model; each seed gets its own run directory under --out."""
-    results = api.train(model, data, out=out, epochs=epochs, seeds=seeds, config=config, overrides=set_ or [],
-                        resume=resume, devices=devices, accelerator=accelerator, num_nodes=num_nodes,
-                        strategy=strategy, precision=precision, deterministic=deterministic or None,
-                        threshold=threshold)
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
-
-    if getattr(rank_zero_only, "rank", 0) == 0:
+    with _report_interrupts():
+        results = api.train(model, data, out=out, epochs=epochs, seeds=seeds, config=config, overrides=set_ or [],
+                            resume=resume, devices=devices, accelerator=accelerator, num_nodes=num_nodes,
+                            strategy=strategy, precision=precision, deterministic=deterministic or None,
+                            threshold=threshold, dry_run=dry_run)
+    if dry_run:
+        for line in api.format_plan(results):
+            console.print(line, highlight=False, soft_wrap=True)
+        return
+    if api.is_main_process():
         for r in results:
             console.print(f"run: {r.run_dir}")
 
@@ -188,18 +199,127 @@ def evaluate(run: Path = typer.Argument(..., help="run directory"),
                               "number such as 0.25") from None
     metrics = api.evaluate(run, data, split=split, threshold=thr, drop_modality=drop_modality,
                            save_threshold=save_threshold)
-    console.print(_metrics_table(metrics, f"{run} [{split}]"))
+    without = f", without {drop_modality}" if drop_modality else ""
+    console.print(_metrics_table(metrics, f"{run} [{split}{without}]"))
+    if drop_modality:
+        console.print(f"the {drop_modality!r} modality was removed from every sample (features zeroed, marked "
+                      "missing) before predicting", highlight=False, soft_wrap=True)
+    if save_threshold:
+        console.print(_saved_threshold_note(run), highlight=False, soft_wrap=True)
     print(json.dumps(metrics))
+
+
+def _saved_threshold_note(run: Path) -> str:
+    """What --save-threshold stored, read back from the export (per label when it is per label)."""
+    export = run / "config.json" if (run / "config.json").exists() else run / "export" / "config.json"
+    meta = json.loads(export.read_text())
+    thr = meta["threshold"]
+    shown = (", ".join(f"{lab} {t:.2f}" for lab, t in zip(meta.get("labels", []), thr)) if isinstance(thr, list)
+             else f"{thr:.2f}")
+    return f"saved threshold {shown} to {export}; `mmer predict` and Predictor use it from now on"
 
 
 @app.command()
 def predict(export: Path = typer.Argument(..., help="export directory (RUN/export)"),
-            inputs: Path = typer.Option(..., "--inputs", help="store with the inputs"),
+            inputs: Path | None = typer.Option(None, "--inputs", help="store with the inputs"),
             split: str = typer.Option("test", help="split of the store"),
-            out: Path = typer.Option(Path("preds.csv"), "--out", help=".csv or .jsonl")) -> None:
-    """Predict label sets with an exported model."""
-    preds = api.predict(export, inputs, split=split, out=out)
-    console.print(f"wrote {len(preds.ids)} predictions to {out}")
+            media: list[Path] | None = typer.Option(None, "--media", help="video/audio file (repeatable)"),
+            transcript: list[str] | None = typer.Option(
+                None, "--transcript", help="what is said in each --media file, in order (else ASR)"),
+            manifest: Path | None = typer.Option(None, "--manifest", help="CSV of media (id, media, ...)"),
+            out: Path | None = typer.Option(None, "--out", help=".csv or .jsonl (store input: preds.csv)")) -> None:
+    """Predict label sets with an exported model, from a store split or from media files."""
+    from_media = bool(media) or manifest is not None
+    if not from_media and out is None:
+        out = Path("preds.csv")
+    preds = api.predict(export, inputs, split=split, out=out, media=media or None,
+                        transcripts=transcript or None, manifest=manifest)
+    if from_media:
+        console.print(_table(_media_rows(preds), "predictions"))
+        if not transcript:  # say what the recogniser heard, so a wrong transcript is visible
+            for sid, text in preds.extra.get("transcripts", {}).items():
+                console.print(f"{sid}: text read as {text!r}" if text else f"{sid}: no text", highlight=False)
+    if out is not None:
+        console.print(f"wrote {len(preds.ids)} predictions to {out}")
+
+
+def _media_rows(preds) -> list[dict]:
+    """Per clip: the emotion set, each label's probability, the most relevant modality per emotion."""
+    rows = []
+    for row in preds.rows(joined=False):
+        rows.append({"id": row["id"], "emotions": ", ".join(row["labels"]) or "(none)",
+                     "probabilities": " ".join(f"{lab} {preds.probs[len(rows), j]:.2f}"
+                                               for j, lab in enumerate(preds.labels)),
+                     "most relevant modality": ", ".join(row.get("modalities", [])) or "-"})
+    return rows
+
+
+@app.command()
+def extract(manifest: Path = typer.Argument(..., help="media manifest CSV (id, media, labels, ...)"),
+            out: Path = typer.Option(..., "--out", help="store directory to create"),
+            config: Path | None = typer.Option(None, "--config", help="YAML of ExtractConfig fields"),
+            text: str | None = typer.Option(None, help="text extractor (minilm) or none"),
+            audio: str | None = typer.Option(None, help="audio extractor (librosa, egemaps) or none"),
+            visual: str | None = typer.Option(None, help="visual extractor (mediapipe) or none"),
+            fps: float | None = typer.Option(None, help="video frames per second (5)"),
+            sample_rate: int | None = typer.Option(None, "--sample-rate", help="audio rate in Hz (16000)"),
+            align: str | None = typer.Option(None, help="none (unaligned store) | words"),
+            asr: str | None = typer.Option(None, help="auto | on | off: speech recognition"),
+            word_timings: Path | None = typer.Option(None, "--word-timings", help="CSV id,word,start,end"),
+            level: str | None = typer.Option(None, help="auto | utterance | dialogue"),
+            max_len: int | None = typer.Option(None, "--max-len", help="keep at most this many steps"),
+            plugin: list[str] | None = typer.Option(None, "--plugin", help="module registering extractors"),
+            label_names: str | None = typer.Option(None, "--label-names", help="label set and order: a,b,c"),
+            split_seed: int = typer.Option(0, "--split-seed", help="seed of the 70/10/20 split"),
+            allow_empty_labels: bool = typer.Option(False, "--allow-empty-labels"),
+            workers: int = typer.Option(1, "--workers", help="extraction processes"),
+            shard: str | None = typer.Option(None, "--shard", help="K/N: only this shard, no store"),
+            strict: bool = typer.Option(False, "--strict", help="stop at the first failing item"),
+            merge: bool = typer.Option(False, "--merge", help="build the store from finished shards"),
+            parts: list[Path] | None = typer.Option(None, "--parts", help="STORE.parts of other shards"),
+            overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
+    """Extract text, audio and visual features from media into a FeatureStore."""
+    res = api.extract(manifest, out, config=config, text=text, audio=audio, visual=visual, fps=fps,
+                      sample_rate=sample_rate, align=align, asr=asr, word_timings=word_timings, level=level,
+                      max_len=max_len, plugins=plugin or None, label_names=label_names, split_seed=split_seed,
+                      allow_empty_labels=allow_empty_labels, workers=workers, shard=shard, strict=strict,
+                      merge=merge, parts=parts or (), overwrite=overwrite, progress=True)
+    info = api.extract_summary(res)
+    counts = ", ".join(f"{k} {v}" for k, v in info["labels"].items())
+    console.print(f"labels: {counts}", highlight=False)
+    console.print(f"items: {info['extracted']} extracted, {info['skipped']} already done, "
+                  f"{info['failed']} failed", highlight=False)
+    if info["failed"]:
+        console.print(f"[bold yellow]{info['failed']} item(s) failed[/]; reasons in {info['failures_csv']}",
+                      highlight=False)
+    console.print(f"wrote {res.store}" if res.store is not None else f"shard done: items in {res.parts}",
+                  highlight=False)
+
+
+@app.command()
+def serve(export: Path = typer.Argument(..., help="export directory (RUN/export) or run directory"),
+          host: str = typer.Option("127.0.0.1", help="address to bind (default: this machine only)"),
+          port: int = typer.Option(8000, help="TCP port"),
+          token: str | None = typer.Option(None, help="bearer token for every endpoint but /healthz "
+                                           "(or set MMERKIT_SERVE_TOKEN)"),
+          max_upload_mb: float | None = typer.Option(None, "--max-upload-mb", help="request size limit (50)"),
+          max_media_seconds: float | None = typer.Option(None, "--max-media-seconds", help="clip length limit (120)"),
+          max_batch: int | None = typer.Option(None, "--max-batch", help="samples per model call (32)"),
+          batch_window_ms: float | None = typer.Option(None, "--batch-window-ms", help="batching window (5)"),
+          max_queue: int | None = typer.Option(None, "--max-queue", help="waiting requests before 503 (256)"),
+          max_samples: int | None = typer.Option(None, "--max-samples", help="samples per request (64)"),
+          max_steps: int | None = typer.Option(None, "--max-steps", help="steps per modality and sample (1000)"),
+          no_batching: bool = typer.Option(False, "--no-batching", help="run every request alone"),
+          workers: int | None = typer.Option(None, "--workers", help="media extraction processes (1)"),
+          examples: Path | None = typer.Option(None, "--examples", help="store whose test samples the page offers"),
+          device: str | None = typer.Option(None, help="cpu | cuda | cuda:1 ..."),
+          threads: int | None = typer.Option(None, "--threads", help="torch threads (1)")) -> None:
+    """Serve an export over HTTP: POST /v1/predict, GET /v1/model, GET /healthz, a page at /."""
+    api.serve(export, host=host, port=port, token=token, max_upload_mb=max_upload_mb,
+              max_media_seconds=max_media_seconds, max_batch=max_batch, batch_window_ms=batch_window_ms,
+              max_queue=max_queue, max_samples=max_samples, max_steps=max_steps,
+              batching=False if no_batching else None, media_workers=workers,
+              examples=str(examples) if examples else None, device=device, torch_threads=threads)
 
 
 @app.command()
@@ -211,11 +331,9 @@ def report(paths: list[Path] = typer.Argument(..., help="run directories or expe
                "hamming_loss (default: every metric and per-label F1)"),
            digits: int = typer.Option(4, "--digits", help="decimals")) -> None:
     """Mean ± std over seeds of the test metrics, one row per model, dataset and configuration."""
-    from mmerkit.report import format_table
-
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     rows = api.report(paths, fmt=fmt, out=out, metrics=chosen, digits=digits)
-    print(format_table(rows, fmt, digits, chosen), end="")
+    print(api.format_table(rows, fmt, digits, chosen), end="")
     if out is not None:
         console.print(f"wrote {out}", highlight=False)
 
@@ -234,13 +352,12 @@ def ablate(model: str = typer.Option("carat", "-m", "--model", help="model with 
            precision: str | None = typer.Option(None, help="32-true | bf16-mixed | 16-mixed"),
            threshold: str | None = typer.Option(None, help="default | search | per-label | a number")) -> None:
     """Train the full model and each ablation (paper Table 3); writes OUT/ablation.md and .csv."""
-    from mmerkit.report import format_ablation
-
-    rows = api.ablate(model, data, out=out, seeds=seeds, config=config, overrides=set_ or [], epochs=epochs,
-                      only=only, devices=devices, accelerator=accelerator, precision=precision,
-                      threshold=threshold)
+    with _report_interrupts():
+        rows = api.ablate(model, data, out=out, seeds=seeds, config=config, overrides=set_ or [], epochs=epochs,
+                          only=only, devices=devices, accelerator=accelerator, precision=precision,
+                          threshold=threshold)
     if rows:
-        print(format_ablation(rows, "md"), end="")
+        print(api.format_ablation(rows, "md"), end="")
         console.print(f"wrote {out / 'ablation.md'} and {out / 'ablation.csv'}", highlight=False)
 
 
@@ -262,8 +379,12 @@ def plot(kind: str = typer.Argument(..., help="tsne | heatmap | curves | labels"
         options.update({k: v for k, v in {"feature": feature, "label": label}.items() if v is not None})
     if kind == "heatmap" and sample is not None:
         options["sample"] = sample
-    out = out or run / "plots" / f"{kind}.png"
-    api.plot(kind, run, out=out, data=data, split=split, **options)
+    out = out or api.default_plot_path(run, kind)
+    if kind == "tsne":  # the embedding alone takes about a minute on 2 CPU cores: say so before it starts
+        console.print(f"t-SNE of the latents of up to {max_samples or 300} {split} samples: a forward pass, then "
+                      "the embedding (about a minute on CPU)...", highlight=False, soft_wrap=True)
+    with console.status(f"drawing {kind} of {run}"):
+        api.plot(kind, run, out=out, data=data, split=split, **options)
     console.print(f"wrote {out}", highlight=False)
 
 
@@ -289,13 +410,45 @@ def expand_multi_value(argv: list[str], options=("--seeds", "--only")) -> list[s
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings are one `warning:` line on stderr, not Python's file:line plus source line."""
+    Console(stderr=True, soft_wrap=True).print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False)
+
+
+def _interrupt_note(e: CommandInterrupted, args: list[str]) -> str:
+    if args and args[0] == "ablate":  # ablate reuses finished runs; the interrupted one starts again
+        return f"{e}; run the same command again to go on (finished runs are reused)"
+    again = " ".join(["mmer", *args, *([] if "--resume" in args else ["--resume"])])
+    return f"{e}; continue with: {again}"
+
+
+@contextlib.contextmanager
+def _report_interrupts():
+    """Ctrl-C during training: the engine saved the run; turn that into a CommandInterrupted,
+    which main() prints (typer would exit 130 without a word)."""
     try:
-        app(expand_multi_value(list(sys.argv[1:] if argv is None else argv)), prog_name="mmer")
+        yield
+    except TrainingInterrupted as e:
+        raise CommandInterrupted(str(e)) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    import warnings
+
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app(expand_multi_value(args), prog_name="mmer")
+    except CommandInterrupted as e:  # Ctrl-C in training: what was saved and how to go on; 130 as shells do
+        Console(stderr=True, soft_wrap=True).print(f"[bold yellow]interrupted:[/] {escape(_interrupt_note(e, args))}")
+        sys.exit(130)
     except MMERError as e:
         # soft_wrap: one line per message however narrow the terminal; escape: paths may hold [ ]
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(2)
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmerkit.errors import ConfigError
 from mmerkit.registry import did_you_mean
@@ -29,27 +29,48 @@ class StrictModel(BaseModel):
 
 
 class ModelConfig(StrictModel):
-    """Base of every model's config; each model subclasses it with its own fields and defaults."""
+    """Base of every model's config; each model subclasses it with its own fields and defaults.
+
+    Shared hyper-parameters have one name in every model: `hidden_size`, `num_heads`,
+    `intermediate_size` (FFN width) and `layers` (depth of each modality's encoder).
+    `renamed_fields` maps a field's former name to its current one, so configs and exported
+    runs written before a rename still load; giving both names is an error.
+    """
+
+    renamed_fields: ClassVar[dict[str, str]] = {}
 
     name: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_former_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.renamed_fields:
+            return data
+        out = dict(data)
+        for old, new in cls.renamed_fields.items():
+            if old in out:
+                if new in out:
+                    raise ValueError(f"model.{old} is the former name of model.{new}; give only {new}")
+                out[new] = out.pop(old)
+        return out
 
 
 class DataConfig(StrictModel):
     path: str | None = None  # None = the embedded synthetic dataset
     synthetic: dict[str, Any] = Field(default_factory=dict)  # SynthConfig fields when path is None
-    num_workers: int = 0
+    num_workers: int = Field(0, ge=0)
     modalities: list[str] | None = None  # None = all modalities of the store
 
 
 class OptimConfig(StrictModel):
     optimizer: Literal["adamw", "bertadam"] = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-6
-    warmup_proportion: float = 0.1
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    eps: float = Field(1e-6, gt=0)
+    warmup_proportion: float = Field(0.1, ge=0, le=1)
     schedule: Literal["linear", "constant", "cosine"] = "linear"
-    grad_clip: float | None = 1.0
+    grad_clip: float | None = Field(1.0, gt=0)
     accumulate: int = Field(1, ge=1)
 
 
@@ -61,15 +82,23 @@ class TrainConfig(StrictModel):
     deterministic: bool = False
     accelerator: str = "auto"
     devices: int | str = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp"] = "auto"  # fsdp: Fabric needs GPUs for it; not tested yet
     precision: str = "32-true"
     threshold: float | Literal["search", "per-label", "default"] = "default"
     select_metric: str = "micro_f1"
     drop_last: bool = True
     logger: Literal["csv", "tensorboard"] = "csv"
     progress: bool = True
-    checkpoint_every_n_steps: int = 0  # 0 = end of each epoch only
+    checkpoint_every_n_steps: int = Field(0, ge=0)  # 0 = end of each epoch only
+    memory_check: Literal["refuse", "warn", "off"] = "refuse"  # estimated step memory vs the device's
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_is_a_probability(cls, v):
+        if isinstance(v, float) and not 0.0 <= v <= 1.0:
+            raise ValueError("a threshold is a probability in [0, 1] (e.g. 0.5), or search, per-label, default")
+        return v
 
 
 class RunConfig(StrictModel):
@@ -84,6 +113,14 @@ class RunConfig(StrictModel):
 
 
 SECTIONS = ("model", "data", "optim", "train")
+
+
+def check_threshold(value: float, option: str = "--threshold") -> float:
+    """A decision threshold on probabilities must lie in [0, 1]; anything else is a ConfigError."""
+    if not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{option} {value}: a threshold is a probability, so it must be in [0, 1] "
+                          "(e.g. 0.5), or one of search, per-label, default")
+    return float(value)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -109,7 +146,8 @@ def _explain(e: ValidationError, cls: type[BaseModel], where: str, origin: str |
             lines.append(f"unknown key {where}.{key}{src}.{did_you_mean(str(err['loc'][-1]), fields)}"
                          f" Valid keys: {', '.join(fields)}" if fields else f"unknown key {where}.{top}{src}")
         else:
-            lines.append(f"{where}.{key}{src}: {err['msg']} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ")  # our validators' messages stand alone
+            lines.append(f"{where}.{key}{src}: {msg} (got {err.get('input')!r})")
     return "; ".join(lines)
 
 
@@ -144,8 +182,32 @@ def packaged_yaml(kind: str, name: str) -> dict:
 
 
 def packaged_names(kind: str) -> list[str]:
+    """Names of the packaged configs of one kind; presets include the ablation table's rows."""
     root = resources.files("mmerkit") / "configs" / kind
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml")) if root.is_dir() else []
+    names = [p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml")] if root.is_dir() else []
+    if kind == "presets":
+        names += [n for table in _ablation_tables().values() for n in table]
+    return sorted(names)
+
+
+def _ablation_tables() -> dict[str, dict[str, dict]]:
+    """configs/ablations.yaml: model -> ablation preset name -> model overrides."""
+    res = resources.files("mmerkit") / "configs" / "ablations.yaml"
+    data = yaml.safe_load(res.read_text()) if res.is_file() else None
+    return data or {}
+
+
+def ablation_table(model: str) -> dict[str, dict]:
+    """The ablation presets of `model` (name -> model overrides); {} if it defines none."""
+    return copy.deepcopy(_ablation_tables().get(model, {}))
+
+
+def _ablation_preset(name: str) -> dict:
+    """The preset `name` of the ablation table as a config layer, or {} if there is none."""
+    for model, table in _ablation_tables().items():
+        if name in table:
+            return {"model": {"name": model, **copy.deepcopy(table[name])}}
+    return {}
 
 
 def _parse_yaml(text: str, origin: str) -> dict:
@@ -167,7 +229,7 @@ def read_user_config(ref: str | Path) -> dict:
     path = Path(ref)
     if path.is_file():
         return _parse_yaml(path.read_text(), str(path))
-    preset = packaged_yaml("presets", str(ref))
+    preset = packaged_yaml("presets", str(ref)) or _ablation_preset(str(ref))
     if preset:
         return preset
     raise ConfigError(f"config {str(ref)!r} is neither a file nor a packaged preset."
@@ -207,11 +269,17 @@ def _looks_numeric(s: str) -> bool:
 def load_config(
     model: str | None = None,
     dataset: str | None = None,
-    config: str | Path | None = None,
+    config: str | Path | dict | RunConfig | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> RunConfig:
-    """Build the resolved RunConfig from the layers described in the module docstring."""
-    user = read_user_config(config) if config else {}
+    """Build the resolved RunConfig from the layers described in the module docstring.
+    `config` is a YAML file, a packaged preset name, or the user layer itself (a dict of
+    sections, or a RunConfig)."""
+    if isinstance(config, RunConfig):
+        config = config.model_dump(mode="json", exclude_unset=True)
+    user = (dict(config) if isinstance(config, dict) else read_user_config(config)) if config else {}
+    if isinstance(config, dict):
+        config = "config (a dict)"
     cli = {}
     for item in overrides:
         cli = deep_merge(cli, parse_override(item))

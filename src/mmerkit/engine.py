@@ -6,9 +6,17 @@ ties go to the later epoch, as in the authors' code). After training the best we
 reloaded, the threshold is fixed on validation only, and the test split is evaluated whole,
 once. Only rank 0 writes files and prints.
 
-Closed-form models (`model.closed_form`: the classic BR / CC / LP) are fitted once on the whole
-train split instead (`fit_arrays` on pooled features read through the same loader); validation,
-threshold choice, the single test evaluation and the run files are the same.
+Closed-form models (`closed_form = True`: the classic BR / CC / LP) are fitted by one call of
+the contract's `fit_closed_form(SplitData)` instead, which reads whole splits through the same
+loader; validation, threshold choice, the single test evaluation and the run files are the same.
+
+What lightning-fabric does here: building the devices / processes (`build_fabric`, the one place
+a Fabric is made), setup / backward / autocast / gradient clipping / no_backward_sync,
+`all_gather` (Engine.gather), `barrier`, rank-zero checks, `save` / `load` of the training state
+(wrapped in mmerkit.checkpoint for the atomic rename and the `.prev` fallback) and the
+TensorBoard logger. metrics.csv is written by mmerkit.run, not by Fabric's CSVLogger: that logger
+deletes an existing metrics.csv when a run resumes, sorts the columns alphabetically with a
+`step` column, and appends in place (not atomic); docs/architecture.md has the details.
 
 Resume: `last.ckpt` holds model, optimiser, scheduler, RNG states, epoch and the position inside
 the epoch; a resumed run replays the same sampler order and skips the batches already done, so
@@ -17,17 +25,13 @@ in deterministic mode it ends with the same metrics as an uninterrupted run.
 
 from __future__ import annotations
 
-import csv
-import json
+import inspect
 import os
-import platform
 import random
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,15 +40,16 @@ from torch.utils.data import DataLoader, Sampler
 
 from mmerkit import __version__
 from mmerkit.checkpoint import (
-    atomic_write_text,
-    load_state_into,
+    check_state_fits,
+    intact_checkpoint,
     load_training_state,
+    save_checkpoint,
     save_export,
-    save_training_state,
 )
-from mmerkit.config import RunConfig, to_yaml
+from mmerkit.config import RunConfig, TrainConfig
 from mmerkit.data.batch import Batch, StoreDataset, collate
 from mmerkit.data.store import FeatureStore
+from mmerkit.errors import ConfigError, DataError, TrainingDiverged, TrainingInterrupted
 from mmerkit.metrics import (
     HIGHER_IS_BETTER,
     binarize,
@@ -52,8 +57,140 @@ from mmerkit.metrics import (
     format_metrics,
     search_threshold,
 )
-from mmerkit.models.base import MMERModel, all_finite
+from mmerkit.models.base import MMERModel, SplitData, all_finite
 from mmerkit.optim import build_optimizer, lr_lambda
+from mmerkit.predict import collect_rows, forward_batches
+from mmerkit.run import Run, RunResult, environment
+
+# ----------------------------------------------------------------------------- devices
+
+# Strategies offered: Fabric's FSDP refuses CPU devices ("FSDP is only available on GPU",
+# lightning-fabric 2.6) so it cannot be tested on the CPU CI; it is refused until it is tested.
+STRATEGIES = ("auto", "ddp")
+
+
+def build_fabric(t: TrainConfig, launch: bool = True) -> Fabric:
+    """The one place a Fabric is made: devices checked, torchrun detected, processes launched.
+
+    Under torchrun without `devices` set, one device per process torchrun started is used.
+    More devices than the machine has, or an unknown strategy, is a ConfigError raised before
+    any process is started or any file written.
+    """
+    devices, num_nodes = t.devices, t.num_nodes
+    if str(t.strategy) not in STRATEGIES:
+        raise ConfigError(f"train.strategy={t.strategy!r} (CLI: --strategy) is not offered; use one of "
+                          f"{', '.join(STRATEGIES)} (fsdp needs GPUs and is not tested yet)")
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    if local_world and "devices" not in t.model_fields_set:
+        devices = int(local_world)
+        if "num_nodes" not in t.model_fields_set:
+            num_nodes = max(int(os.environ.get("WORLD_SIZE", local_world)) // devices, 1)
+    else:  # devices asked for (not the processes torchrun already started): check before launching
+        check_device_count(t.accelerator, devices)
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        fabric = Fabric(accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
+                        strategy=t.strategy, precision=t.precision)
+    except (ValueError, RuntimeError, TypeError, MisconfigurationException) as e:
+        raise ConfigError(f"cannot set up devices (accelerator={t.accelerator}, devices={devices}, "
+                          f"num_nodes={num_nodes}, strategy={t.strategy}, precision={t.precision}): {e}") from None
+    if launch and (fabric.world_size > 1 or num_nodes > 1):
+        fabric.launch()
+    return fabric
+
+
+def check_device_count(accelerator: str, devices: int | str) -> None:
+    """More devices than this machine has is a ConfigError. "Available" is
+    torch.cuda.device_count() for cuda/gpu and os.cpu_count() for cpu, where each device is one
+    training process (more would only oversubscribe the cores)."""
+    try:
+        n = int(devices)
+    except (TypeError, ValueError):
+        return  # "auto", a list of GPU ids, ...: Fabric checks those
+    acc = str(accelerator).lower()
+    if acc in ("auto", "gpu"):
+        mps = getattr(torch.backends, "mps", None)
+        if not torch.cuda.is_available() and mps is not None and mps.is_available():
+            return  # Apple MPS: one device, Fabric says so
+        acc = "cuda" if acc == "gpu" or torch.cuda.is_available() else "cpu"
+    if acc == "cpu":
+        have = os.cpu_count() or 1
+        what = f"{have} CPU cores (os.cpu_count()), and CPU training runs one process per device"
+    elif acc == "cuda":
+        have = torch.cuda.device_count()
+        what = f"{have} CUDA devices (torch.cuda.device_count())"
+    else:
+        return
+    if n > have:
+        fix = f"pass --devices {have} or fewer" if have else "pass --accelerator cpu"
+        raise ConfigError(f"--devices {n} (train.devices) with accelerator {acc}: this machine has {what}; {fix}")
+
+# ----------------------------------------------------------------------------- runs
+
+
+def train_seeds(configure: Callable[[FeatureStore | None], RunConfig], data: str | Path | None, out: Path,
+                seeds: list[int] | None, resume: bool = False) -> list[RunResult]:
+    """Train one run per seed into `out` (what `api.train` does): devices set up once, the store
+    opened (the embedded one generated by rank 0 first), each run named by mmerkit.run.
+
+    `configure(store)` builds the RunConfig; it is called without a store first (devices and
+    the data path) and again with it (dataset defaults).
+    """
+    from lightning_fabric.utilities.seed import seed_everything
+
+    from mmerkit.models.base import create_model
+    from mmerkit.run import (
+        finished_run_result,
+        new_run_dir,
+        resumable_run_dir,
+        training_store,
+        write_aggregate,
+    )
+
+    cfg0 = configure(None)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={str(out)!r} (CLI: --out) is a file; it names a directory that holds run "
+                          "directories: choose another path")
+    fabric = build_fabric(cfg0.train)
+    with fabric.rank_zero_first():  # the embedded store is generated once, by rank 0
+        store = training_store(data, cfg0)
+    cfg0 = configure(store)
+    from mmerkit.memory import check_training_memory
+
+    # refuse (or warn) before any run directory is written when a step will not fit in memory
+    check_training_memory(create_model(cfg0.model_name, store.spec(), cfg0.model), store, cfg0,
+                          quiet=not fabric.is_global_zero)
+    results = []
+    for seed in seeds or [cfg0.train.seed]:
+        cfg = cfg0.model_copy(update={"train": cfg0.train.model_copy(update={"seed": seed})})
+        engine = Engine(cfg, fabric)
+        if resume:
+            try:
+                run_dir, note = resumable_run_dir(out, cfg.model_name, store, seed), None
+            except ConfigError:
+                finished = finished_run_result(out, cfg.model_name, store, seed)
+                if finished is None:
+                    raise
+                # a finished run is not an error: say so, and report it as if it had just finished
+                engine.print(f"{finished.run_dir} is finished (test_metrics.json is there): nothing to resume")
+                results.append(finished)
+                continue
+        else:
+            run_dir, note = new_run_dir(out, cfg.model_name, store, seed)
+        run_dir = Path(fabric.broadcast(str(run_dir), src=0))
+        if note:
+            from rich.markup import escape
+
+            engine.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+        seed_everything(seed, verbose=False)  # model initialisation depends on the seed too
+        net = create_model(cfg.model_name, store.spec(), cfg.model)
+        results.append(engine.fit(net, store, run_dir, resume=resume))
+    if len(results) > 1 and fabric.is_global_zero:
+        write_aggregate(out, results)
+    return results
+
 
 # ----------------------------------------------------------------------------- sampling
 
@@ -102,18 +239,8 @@ class EvalResult:
     probs: np.ndarray  # (N, L) in split order
     labels: np.ndarray  # (N, L)
     metrics: dict[str, float] = field(default_factory=dict)
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # extra per-sample outputs
 
 
-@dataclass
-class FitResult:
-    run_dir: Path | None
-    best_epoch: int
-    best_score: float
-    threshold: float | list[float]
-    valid_metrics: dict[str, float]
-    test_metrics: dict[str, float]
-    history: list[dict[str, Any]]
 
 
 # ----------------------------------------------------------------------------- engine
@@ -124,32 +251,29 @@ class Engine:
 
     def __init__(self, cfg: RunConfig, fabric: Fabric | None = None):
         self.cfg = cfg
-        t = cfg.train
-        self.fabric = fabric or Fabric(accelerator=t.accelerator, devices=t.devices,
-                                       num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision)
-        if fabric is None and self.fabric.world_size > 1:
-            self.fabric.launch()
-        self.console = _console(self.fabric.global_rank == 0)
+        self.fabric = fabric or build_fabric(cfg.train)
+        self.console = _console(self.is_main)
+        self._tb = None
 
     # -- helpers
     @property
     def is_main(self) -> bool:
-        return self.fabric.global_rank == 0
+        return self.fabric.is_global_zero
 
-    def print(self, *args) -> None:
+    def print(self, *args, **kwargs) -> None:
+        """Rich console output on global rank 0 only (Fabric.print prints once per node)."""
         if self.is_main:
-            self.console.print(*args)
+            self.console.print(*args, **kwargs)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """All-gather along dim 0 in rank order (identity on one process)."""
+        """All-gather along dim 0 in rank order (identity on one process): Fabric.all_gather
+        stacks the ranks' tensors on a new leading dim, which is folded into dim 0."""
         if self.fabric.world_size == 1:
             return x
-        import torch.distributed as dist
+        return self.fabric.all_gather(x.contiguous()).reshape(-1, *x.shape[1:])
 
-        # state updates and metrics need no gradient: the plain collective is enough
-        parts = [torch.empty_like(x) for _ in range(self.fabric.world_size)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, 0)
+    def _parallel_gather(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return self.gather if self.fabric.world_size > 1 else None
 
     def loader(self, store: FeatureStore, split: str, train: bool, seed: int = 0) -> DataLoader:
         t = self.cfg.train
@@ -167,53 +291,28 @@ class Engine:
         return batch.to(self.fabric.device)
 
     # -- evaluation
-    @torch.no_grad()
     def predict_split(self, model: MMERModel, store: FeatureStore, split: str,
-                      drop_modality: str | None = None, keep_outputs: tuple[str, ...] = ()) -> EvalResult:
-        """Probabilities for every sample of `split`, in split order, each computed exactly once."""
-        was_training = model.training
-        model.eval()
-        loader = self.loader(store, split, train=False)
-        n, L = len(loader.dataset), store.spec().num_labels
-        rows, probs, extra = [], [], {k: [] for k in keep_outputs}
-        for batch in loader:
-            batch = self._to_device(batch)
-            if drop_modality:
-                batch = batch.without(drop_modality)
-            with self.fabric.autocast():
-                out = model(batch)
-            rows.append(batch.index)
-            probs.append(out.probs.float())
-            for k in keep_outputs:
-                extra[k].append(_output_field(out, k).float())
-        local_idx = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=self.fabric.device)
-        local_p = torch.cat(probs) if probs else torch.zeros(0, L, device=self.fabric.device)
-        all_idx, all_p = self._gather_rows(local_idx, local_p, n)
-        result = np.zeros((n, L), np.float32)
-        result[all_idx.cpu().numpy()] = all_p.cpu().numpy()
-        outputs = {}
-        for k, chunks in extra.items():
-            local = torch.cat(chunks)
-            idx_k, val_k = self._gather_rows(local_idx, local, n)
-            arr = np.zeros((n, *val_k.shape[1:]), np.float32)
-            arr[idx_k.cpu().numpy()] = val_k.cpu().numpy()
-            outputs[k] = arr
-        model.train(was_training)
+                      drop_modality: str | None = None) -> EvalResult:
+        """Probabilities for every sample of `split`, in split order, each computed exactly once
+        (each process predicts its shard; the one prediction loop gathers them)."""
+        out = forward_batches(model, self.loader(store, split, train=False), device=self.fabric.device,
+                              keep=(), drop_modality=drop_modality, autocast=self.fabric.autocast,
+                              gather=self._parallel_gather())
         labels = np.asarray(store.split(split).labels, dtype=np.uint8)
-        return EvalResult(result, labels, outputs=outputs)
+        if len(out.index) != len(labels):
+            raise RuntimeError(f"prediction of split {split!r} returned {len(out.index)} of {len(labels)} rows")
+        return EvalResult(out.probs, labels)
 
-    def _gather_rows(self, idx: torch.Tensor, val: torch.Tensor, n: int):
-        """Gather (index, value) rows from all ranks; shards differ by at most one row, so pad."""
-        world = self.fabric.world_size
-        if world == 1:
-            return idx, val
-        per_rank = -(-n // world)
-        pad = per_rank - idx.shape[0]
-        idx = torch.cat([idx, idx.new_full((pad,), -1)])
-        val = torch.cat([val, val.new_zeros((pad, *val.shape[1:]))])
-        gi, gv = self.gather(idx), self.gather(val)
-        keep = gi >= 0
-        return gi[keep], gv[keep]
+    def read_split(self, store: FeatureStore, split: str, fn: Callable[[Batch], torch.Tensor]) -> np.ndarray:
+        """`fn` (Batch -> (B, ...) tensor) over every batch of a split, (N, ...) in split order on
+        every process: what closed-form models fit on (SplitData.read)."""
+        def step(batch: Batch) -> dict[str, torch.Tensor]:
+            batch = self._to_device(batch)
+            return {"index": batch.index, "value": fn(batch)}
+
+        with torch.no_grad():
+            rows = collect_rows(step, self.loader(store, split, train=False), self._parallel_gather())
+        return rows["value"]
 
     def evaluate(self, model: MMERModel, store: FeatureStore, split: str, threshold,
                  drop_modality: str | None = None) -> EvalResult:
@@ -223,7 +322,7 @@ class Engine:
 
     # -- training
     def fit(self, model: MMERModel, store: FeatureStore, run_dir: Path | None,
-            resume: bool = False) -> FitResult:
+            resume: bool = False) -> RunResult:
         cfg, t = self.cfg, self.cfg.train
         self._check_splits(store)
         spec = store.spec()
@@ -241,78 +340,84 @@ class Engine:
         fmodel, optimizer = self.fabric.setup(model, optimizer)
 
         state = _TrainState()
-        if resume and run_dir is not None and (run_dir / "last.ckpt").exists():
-            state = self._restore(run_dir / "last.ckpt", model, optimizer, scheduler, store)
+        run = Run(run_dir) if run_dir is not None else None
+        if resume and run is not None and run.last_ckpt.exists():
+            state = self._restore(run.last_ckpt, model, fmodel, optimizer, scheduler, store)
             self.print(f"[bold]resumed[/] {run_dir} at epoch {state.epoch + 1}, batch {state.batch_in_epoch}")
-        if run_dir is not None and self.is_main:
-            self._write_run_files(run_dir, store)
+        if run is not None and self.is_main:
+            run.write_start(self.cfg, self._environment(store))
 
-        for epoch in range(state.epoch, t.epochs):
-            state.epoch = epoch
-            train_metrics = self._train_epoch(fmodel, model, optimizer, scheduler, train_loader, state,
-                                              run_dir, store, steps_per_epoch)
-            valid = self.evaluate(model, store, "valid", model.threshold)
-            row_train = {"epoch": epoch + 1, "split": "train", **train_metrics}
-            row_valid = {"epoch": epoch + 1, "split": "valid", **valid.metrics}
-            state.history += [row_train, row_valid]
-            score = valid.metrics[t.select_metric]
-            better = HIGHER_IS_BETTER.get(t.select_metric, True)
-            if state.best_score is None or (score >= state.best_score if better else score <= state.best_score):
-                state.best_score, state.best_epoch = score, epoch + 1
-                state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if run_dir is not None and self.is_main:
-                    self._save(run_dir / "best.ckpt", model, optimizer, scheduler, state, spec, keep_prev=False)
-            state.epoch, state.batch_in_epoch = epoch + 1, 0
-            if run_dir is not None and self.is_main:
-                self._save(run_dir / "last.ckpt", model, optimizer, scheduler, state, spec)
-                self._write_metrics_csv(run_dir, state.history)
-                self._log_tensorboard(run_dir, epoch + 1, row_train, row_valid)
-            self.print(f"epoch {epoch + 1}/{t.epochs}  loss {train_metrics.get('loss/total', float('nan')):.4f}"
-                       f"  valid {format_metrics(valid.metrics)}")
+        self._label = f"{run_dir.parent.name}/{run_dir.name}" if run_dir is not None else f"seed {t.seed}"
+        try:
+            for epoch in range(state.epoch, t.epochs):
+                state.epoch = epoch
+                train_metrics = self._train_epoch(fmodel, model, optimizer, scheduler, train_loader, state,
+                                                  run_dir, store, steps_per_epoch)
+                valid = self.evaluate(model, store, "valid", model.threshold)
+                row_train = {"epoch": epoch + 1, "split": "train", **train_metrics}
+                row_valid = {"epoch": epoch + 1, "split": "valid", **valid.metrics}
+                state.history += [row_train, row_valid]
+                score = valid.metrics[t.select_metric]
+                better = HIGHER_IS_BETTER.get(t.select_metric, True)
+                if state.best_score is None or (score >= state.best_score if better else score <= state.best_score):
+                    state.best_score, state.best_epoch = score, epoch + 1
+                    state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if run is not None:
+                        self._save(run.best_ckpt, model, fmodel, optimizer, scheduler, state, spec, keep_prev=False)
+                state.epoch, state.batch_in_epoch = epoch + 1, 0
+                if run is not None:
+                    self._save(run.last_ckpt, model, fmodel, optimizer, scheduler, state, spec)
+                    if self.is_main:
+                        run.write_history(state.history)
+                        self._log_tensorboard(run, epoch + 1, row_train, row_valid)
+                loss = train_metrics.get("loss/total", float("nan"))
+                self.print(f"{self._label}  epoch {epoch + 1}/{t.epochs}  loss {loss:.4f}"
+                           f"  valid {format_metrics(valid.metrics)}")
+        except KeyboardInterrupt:
+            self._interrupted(run, model, fmodel, optimizer, scheduler, state, spec)
 
         return self._finish(model, store, run_dir, state)
 
-    def _fit_closed_form(self, model: MMERModel, store: FeatureStore, run_dir: Path | None) -> FitResult:
-        """Fit a closed-form model once on the whole train split (every rank fits the same model
-        on the same gathered rows), then validate, choose the threshold and test as in fit()."""
+    def _interrupted(self, run: Run | None, model, fmodel, optimizer, scheduler, state: _TrainState, spec) -> None:
+        """Ctrl-C: keep what was trained as a resumable last.ckpt at the exact batch, then say so."""
+        where = f"epoch {state.epoch + 1}, batch {state.batch_in_epoch}"
+        if run is None:
+            raise TrainingInterrupted(f"training interrupted at {where} (no run directory: nothing saved)") from None
+        if self.fabric.world_size == 1:  # several processes may stop at different batches: keep their last save
+            self._save(run.last_ckpt, model, fmodel, optimizer, scheduler, state, spec)
+            if self.is_main and state.history:
+                run.write_history(state.history)
+            saved = f"saved {run.last_ckpt} at that batch"
+        else:
+            saved = f"{run.last_ckpt} holds the last epoch or checkpoint_every_n_steps save"
+        raise TrainingInterrupted(f"training of {run.path} interrupted at {where}; {saved}") from None
+
+    def _fit_closed_form(self, model: MMERModel, store: FeatureStore, run_dir: Path | None) -> RunResult:
+        """One call of the model's `fit_closed_form` (every rank fits the same model on the same
+        gathered rows), then validate, choose the threshold and test as in fit()."""
         t = self.cfg.train
         model.to(self.fabric.device)
-        if run_dir is not None and self.is_main:
-            self._write_run_files(run_dir, store)
-        x, y = self._pooled_split(model, store, "train")
-        model.fit_arrays(x, y, seed=t.seed)
+        run = Run(run_dir) if run_dir is not None else None
+        if run is not None and self.is_main:
+            run.write_start(self.cfg, self._environment(store))
+        logged = model.fit_closed_form(SplitData(read=lambda split, fn: self.read_split(store, split, fn),
+                                                 seed=t.seed, select_metric=t.select_metric))
         train = self.evaluate(model, store, "train", model.threshold)
         valid = self.evaluate(model, store, "valid", model.threshold)
         state = _TrainState(epoch=1, best_epoch=1, best_score=valid.metrics[t.select_metric],
-                            history=[{"epoch": 1, "split": "train", **train.metrics},
+                            history=[{"epoch": 1, "split": "train", **{f"fit/{k}": v for k, v in logged.items()},
+                                      **train.metrics},
                                      {"epoch": 1, "split": "valid", **valid.metrics}],
                             best_weights={k: v.detach().clone() for k, v in model.state_dict().items()})
-        if run_dir is not None and self.is_main:
-            self._write_metrics_csv(run_dir, state.history)
-            self._log_tensorboard(run_dir, 1, *state.history)
-        self.print(f"fitted {model.name} on {len(x)} samples  valid {format_metrics(valid.metrics)}")
+        if run is not None and self.is_main:
+            run.write_history(state.history)
+            self._log_tensorboard(run, 1, *state.history)
+        fit_info = "  ".join(f"{k} {v:g}" for k, v in logged.items())
+        self.print(f"fitted {model.name} on {store.splits['train']} samples  {fit_info}  "
+                   f"valid {format_metrics(valid.metrics)}")
         return self._finish(model, store, run_dir, state)
 
-    @torch.no_grad()
-    def _pooled_split(self, model: MMERModel, store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(pooled features (N, D), labels (N, L)) of a whole split, in split order, on every rank."""
-        loader = self.loader(store, split, train=False)
-        rows, feats = [], []
-        for batch in loader:
-            batch = self._to_device(batch)
-            rows.append(batch.index)
-            feats.append(model.pooled_features(batch))
-        n, dev = len(loader.dataset), self.fabric.device
-        local_idx = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long, device=dev)
-        local_x = torch.cat(feats) if feats else torch.zeros(0, model.num_features, device=dev)
-        idx, x = self._gather_rows(local_idx, local_x, n)
-        out = np.zeros((n, x.shape[1]), np.float32)
-        out[idx.cpu().numpy()] = x.cpu().numpy()
-        return out, np.asarray(store.split(split).labels, dtype=np.uint8)
-
     def _check_splits(self, store: FeatureStore) -> None:
-        from mmerkit.errors import DataError
-
         for s in ("train", "valid", "test"):
             if s not in store.splits:
                 raise DataError(f"store {store.path} has no {s!r} split (splits: {', '.join(store.splits)}); "
@@ -331,7 +436,11 @@ class Engine:
         shard = len(sampler._indices())
         total_batches = shard // loader.batch_size if loader.drop_last else -(-shard // loader.batch_size)
         show = self.is_main and t.progress
-        progress = _progress(self.console, f"epoch {state.epoch + 1}", len(loader)) if show else None
+        terminal = show and self.console.is_terminal
+        progress = _progress(self.console, f"epoch {state.epoch + 1}", len(loader)) if terminal else None
+        # outside a terminal (a log file, a batch job) a bar draws nothing: a line per ~10% of the epoch
+        line_every = max(len(loader) // 10, 1) if show and not terminal else 0
+        started = time.monotonic()
         for i, batch in enumerate(loader, start=state.batch_in_epoch):
             batch = self._to_device(batch)
             last_micro = (i + 1) % accumulate == 0 or (i + 1) == total_batches
@@ -341,7 +450,7 @@ class Engine:
                     losses = model.loss(out, batch)
                 if not all_finite(losses):
                     bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
-                    raise FloatingPointError(f"non-finite loss terms {bad} at epoch {state.epoch + 1}, batch {i}; "
+                    raise TrainingDiverged(f"non-finite loss terms {bad} at epoch {state.epoch + 1}, batch {i}; "
                                              "lower optim.lr or check the data for extreme values "
                                              "(`mmer data inspect`)")
                 self.fabric.backward(losses["total"] / accumulate)
@@ -361,11 +470,13 @@ class Engine:
             state.batch_in_epoch = i + 1
             if progress:
                 progress.advance(loss=float(losses["total"].detach()))
+            elif line_every and (i + 1) % line_every == 0:
+                self.print(f"{self._label}  epoch {state.epoch + 1}/{t.epochs}  batch {i + 1}/{total_batches}  "
+                           f"loss {float(losses['total'].detach()):.4f}  ({time.monotonic() - started:.0f} s)",
+                           highlight=False)
             every = t.checkpoint_every_n_steps
             if every and run_dir is not None and last_micro and state.step % every == 0:
-                if self.is_main:
-                    self._save(run_dir / "last.ckpt", model, optimizer, scheduler, state, store.spec())
-                self.fabric.barrier()
+                self._save(Run(run_dir).last_ckpt, model, fmodel, optimizer, scheduler, state, store.spec())
         if progress:
             progress.close()
         out_metrics = {f"loss/{k}": v / max(n_batches, 1) for k, v in sums.items()}
@@ -375,10 +486,11 @@ class Engine:
             out_metrics.update(compute_metrics(y, binarize(p, model.threshold), store.labels))
         return out_metrics
 
-    def _finish(self, model: MMERModel, store: FeatureStore, run_dir: Path | None, state: _TrainState) -> FitResult:
+    def _finish(self, model: MMERModel, store: FeatureStore, run_dir: Path | None, state: _TrainState) -> RunResult:
         t = self.cfg.train
+        run = Run(run_dir) if run_dir is not None else None
         if state.best_weights is None:  # resumed after the last epoch: best.ckpt holds them
-            state.best_weights = load_training_state(run_dir / "best.ckpt")["model"]
+            state.best_weights = load_training_state(run.best_ckpt)["model"]
         model.load_state_dict(state.best_weights)
         valid = self.predict_split(model, store, "valid")
         threshold = choose_threshold(t.threshold, model.threshold, valid.labels, valid.probs)
@@ -386,76 +498,71 @@ class Engine:
         test = self.evaluate(model, store, "test", np.asarray(threshold))
         test_metrics = {**test.metrics, "best_epoch": state.best_epoch, "seed": t.seed,
                         "threshold": threshold if isinstance(threshold, float) else float(np.mean(threshold))}
-        if run_dir is not None and self.is_main:
-            atomic_write_text(run_dir / "test_metrics.json", json.dumps(test_metrics, indent=2))
-            atomic_write_text(run_dir / "valid_metrics.json", json.dumps(valid.metrics, indent=2))
-            save_export(run_dir / "export", model, export_meta(self.cfg, model, store, threshold))
+        if run is not None and self.is_main:
+            # the export first: test_metrics.json marks the run finished, so it is written last
+            save_export(run.export_dir, model, export_meta(self.cfg, model, store, threshold))
+            run.write_results(valid.metrics, test_metrics)
+        if self._tb is not None:
+            self._tb.finalize("success")
+            self._tb = None
         self.fabric.barrier()
         self.print(f"[bold green]test[/] (best epoch {state.best_epoch}, threshold "
                    f"{_fmt_threshold(threshold)}): {format_metrics(test.metrics)}")
-        return FitResult(run_dir, state.best_epoch, float(state.best_score), threshold, valid.metrics,
+        return RunResult(run_dir, state.best_epoch, float(state.best_score), threshold, valid.metrics,
                          test_metrics, state.history)
 
     # -- files
-    def _save(self, path: Path, model, optimizer, scheduler, state: _TrainState, spec, keep_prev=True) -> None:
-        save_training_state(path, {
+    def _save(self, path: Path, model, fmodel, optimizer, scheduler, state: _TrainState, spec,
+              keep_prev=True) -> None:
+        """The training state through Fabric.save (called on every rank, as Fabric requires)."""
+        save_checkpoint(self.fabric, path, {
             "model_name": model.name,
             "labels": list(spec.labels),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "model": fmodel,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
             "rng": _rng_state(),
             "train_state": state.to_dict(),
             "config": self.cfg.model_dump(mode="json"),
         }, keep_previous=keep_prev)
 
-    def _restore(self, path: Path, model, optimizer, scheduler, store: FeatureStore) -> _TrainState:
-        ckpt = load_training_state(path, model.name, store.labels)
-        load_state_into(model, ckpt["model"], path)  # a clear error for another config's weights
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
-        state = _TrainState.from_dict(ckpt["train_state"])
+    def _restore(self, path: Path, model, fmodel, optimizer, scheduler, store: FeatureStore) -> _TrainState:
+        """Model, optimiser and scheduler through Fabric.load, from last.ckpt or, if that is
+        damaged, last.ckpt.prev; the checks before name the file and what does not fit."""
+        path, ckpt = intact_checkpoint(path, model.name, store.labels)
+        check_state_fits(model, ckpt["model"], path)  # a clear error for another config's weights
+        # our own file holds RNG states (numpy, python): full unpickling. lightning-fabric >= 2.6.1
+        # takes weights_only (torch >= 2.6 defaults it to True); earlier versions load in full
+        trusted = {"weights_only": False} if "weights_only" in inspect.signature(self.fabric.load).parameters else {}
+        rest = self.fabric.load(path, {"model": fmodel, "optimizer": optimizer, "scheduler": scheduler}, **trusted)
+        _set_rng_state(rest["rng"])
+        state = _TrainState.from_dict(rest["train_state"])
         best = path.with_name("best.ckpt")
         if best.exists():
             state.best_weights = load_training_state(best, model.name, store.labels)["model"]
         return state
 
-    def _write_run_files(self, run_dir: Path, store: FeatureStore) -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", to_yaml(self.cfg))
-        atomic_write_text(run_dir / "env.json", json.dumps(environment(self.fabric, self.cfg, store), indent=2))
+    def _environment(self, store: FeatureStore) -> dict:
+        return environment(self.cfg, store, self.fabric.world_size, str(self.fabric.device))
 
-    def _log_tensorboard(self, run_dir: Path, epoch: int, *rows: dict) -> None:
-        """Optional second logger (`train.logger: tensorboard`); CSV is always written."""
+    def _log_tensorboard(self, run: Run, epoch: int, *rows: dict) -> None:
+        """Optional second logger (`train.logger: tensorboard`, Fabric's TensorBoardLogger);
+        metrics.csv is always written."""
         if self.cfg.train.logger != "tensorboard":
             return
-        if getattr(self, "_tb", None) is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                from mmerkit.errors import ConfigError
+        if self._tb is None:
+            from lightning_fabric.loggers import TensorBoardLogger
 
+            try:
+                self._tb = TensorBoardLogger(root_dir=str(run.path), name=run.tensorboard_dir.name, version="")
+                self._tb.experiment  # noqa: B018  (creates the writer: fails here without tensorboard)
+            except ModuleNotFoundError:
                 raise ConfigError("train.logger=tensorboard needs the tensorboard package: "
                                   "pip install 'mmerkit[tensorboard]'") from None
-            self._tb = SummaryWriter(str(run_dir / "tensorboard"))
         for row in rows:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    self._tb.add_scalar(f"{row['split']}/{k}", v, epoch)
-        self._tb.flush()
-
-    @staticmethod
-    def _write_metrics_csv(run_dir: Path, history: list[dict]) -> None:
-        keys: list[str] = []
-        for row in history:
-            keys += [k for k in row if k not in keys]
-        lines = [keys] + [[_csv_value(row.get(k, "")) for k in keys] for row in history]
-        import io
-
-        buf = io.StringIO()
-        csv.writer(buf).writerows(lines)
-        atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+            self._tb.log_metrics({f"{row['split']}/{k}": v for k, v in row.items()
+                                  if isinstance(v, (int, float)) and k != "epoch"}, step=epoch)
+        self._tb.experiment.flush()
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -497,27 +604,9 @@ def export_meta(cfg: RunConfig, model: MMERModel, store: FeatureStore, threshold
     params = build_model_config(model.name, cfg.model).model_dump(mode="json")
     return {"model_name": model.name, "model": params, "spec": store.spec().to_dict(),
             "labels": store.labels, "threshold": threshold, "run_config": cfg.model_dump(mode="json"),
-            "mmerkit_version": __version__, "data_source": store.meta.get("source", "")}
-
-
-def environment(fabric: Fabric, cfg: RunConfig, store: FeatureStore) -> dict:
-    import lightning_fabric
-
-    return {"mmerkit": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-            "lightning_fabric": lightning_fabric.__version__, "numpy": np.__version__,
-            "platform": platform.platform(), "seed": cfg.train.seed, "world_size": fabric.world_size,
-            "device": str(fabric.device), "precision": cfg.train.precision,
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "store": str(store.path), "store_name": store.name, "splits": store.splits,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(), "pid": os.getpid()}
-
-
-def _output_field(out, key: str) -> torch.Tensor:
-    if key == "modality_label_scores":
-        return out.modality_label_scores
-    if key.startswith("features/"):
-        return out.features[key.split("/", 1)[1]]
-    return getattr(out, key)
+            "mmerkit_version": __version__, "data_source": store.meta.get("source", ""),
+            # how media became the training features (mmer extract): predict_media rebuilds them
+            **{k: store.meta[k] for k in ("extractors", "extract") if k in store.meta}}
 
 
 def _rng_state() -> dict:
@@ -533,10 +622,6 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _csv_value(v):
-    return f"{v:.6g}" if isinstance(v, float) else v
-
-
 def _fmt_threshold(t) -> str:
     return f"{t:.2f}" if isinstance(t, float) else "per-label"
 
@@ -546,7 +631,7 @@ def _console(enabled: bool):
         return None
     from rich.console import Console
 
-    return Console(stderr=False)
+    return Console(stderr=False, soft_wrap=True)  # one line per message: log files stay greppable
 
 
 class _progress:

@@ -15,3 +15,25 @@ class ConfigError(MMERError, ValueError):
 
 class CheckpointError(MMERError, ValueError):
     """A checkpoint or export is missing, truncated, or belongs to another model/label set."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name missing from a registry (model, dataset): a ConfigError, and a KeyError for callers
+    that look names up like a dict."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TrainingDiverged(MMERError, FloatingPointError):
+    """A loss became NaN/inf during training (too high a learning rate, extreme feature values)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, raised after the run was saved; the message says where it stopped
+    (the CLI adds the command that continues it and exits with 130, the shell's code for Ctrl-C)."""
+
+
+class CommandInterrupted(MMERError):
+    """The CLI's form of TrainingInterrupted: printed as one `interrupted:` line, exit code 130
+    (typer would otherwise turn Ctrl-C into a silent exit)."""

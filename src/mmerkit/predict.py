@@ -1,4 +1,9 @@
-"""Inference from an export directory, with no training code and no pickle.
+"""Inference from an export directory, with no training code and no pickle, and the one
+prediction loop (`forward_batches`) that the engine's validation and test, `Predictor`, the
+plots and the media path all run.
+
+`Predictions.scores` holds the model's modality-to-label scores (N, M, L) where it has them
+(CARAT, RAMer, the classic models), None otherwise; `top_modality` is their argmax over M.
 
 Example:
     >>> p = Predictor.from_pretrained("runs/carat_synthetic_seed1/export")   # doctest: +SKIP
@@ -9,19 +14,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from mmerkit.checkpoint import load_state_into, read_export
 from mmerkit.data.batch import Batch, StoreDataset, collate
 from mmerkit.data.store import DataSpec, FeatureStore
-from mmerkit.errors import DataError
+from mmerkit.errors import ConfigError, DataError
 from mmerkit.metrics import binarize
 from mmerkit.models.base import MMERModel, create_model
 
@@ -35,6 +42,7 @@ class Predictions:
     top_modality: np.ndarray | None = None  # (N, L) index of the modality with the strongest evidence
     modalities: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
+    scores: np.ndarray | None = None  # (N, M, L) modality_label_scores, where the model has them
 
     @property
     def label_sets(self) -> list[list[str]]:
@@ -45,23 +53,29 @@ class Predictions:
         """A label's probability column is its name, unless that clashes with a fixed column."""
         return f"p_{label}" if label in ("id", "labels", "modalities") else label
 
-    def rows(self) -> list[dict]:
+    def rows(self, joined: bool = True) -> list[dict]:
+        """One dict per sample. `labels` is the predicted set; `modalities` (models with
+        modality-to-label scores) gives, for each predicted label, the modality with the strongest
+        evidence, as `label:modality`. Both are `;`-joined strings (CSV) or lists (`joined=False`)."""
         out = []
         for i, sid in enumerate(self.ids):
+            labels = self.label_sets[i]
             row = {"id": sid, **{self._column(name): float(self.probs[i, j]) for j, name in enumerate(self.labels)},
-                   "labels": ";".join(self.label_sets[i])}
+                   "labels": ";".join(labels) if joined else labels}
             if self.top_modality is not None:
-                row["modalities"] = ";".join(f"{self.labels[j]}:{self.modalities[self.top_modality[i, j]]}"
-                                             for j in np.flatnonzero(self.predicted[i]))
+                top = [f"{self.labels[j]}:{self.modalities[self.top_modality[i, j]]}"
+                       for j in np.flatnonzero(self.predicted[i])]
+                row["modalities"] = ";".join(top) if joined else top
             out.append(row)
         return out
 
     def save(self, path: str | Path) -> Path:
-        """CSV (one row per sample: id, one probability column per label, the label set) or JSONL."""
-        path = Path(path)
-        rows = self.rows()
+        """CSV (one row per sample: id, one probability column per label, the label set) or JSONL
+        (the same keys, with `labels` and `modalities` as lists)."""
+        path = check_output_suffix(path)
+        rows = self.rows(joined=path.suffix.lower() != ".jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix == ".jsonl":
+        if path.suffix.lower() == ".jsonl":
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         else:
             with path.open("w", newline="") as f:
@@ -69,6 +83,143 @@ class Predictions:
                 w.writeheader()
                 w.writerows(rows)
         return path
+
+
+def check_output_suffix(path: str | Path) -> Path:
+    """Predictions are written as .csv or .jsonl; any other name is refused before any work is done
+    (a CSV under a .txt name would be a silent surprise)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise ConfigError(f"--out {path}: predictions are written as .csv or .jsonl; "
+                          f"name the file {path.with_suffix('.csv').name} or {path.with_suffix('.jsonl').name}")
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a directory; give a file name ending in .csv or .jsonl")
+    return path
+
+
+# ----------------------------------------------------------------------------- the prediction loop
+
+
+@dataclass
+class Forward:
+    """What `forward_batches` returns, numpy, one row per sample in the batches' order (in split
+    order when gathered from several processes)."""
+
+    index: np.ndarray  # (N,) row of each sample in its split
+    probs: np.ndarray  # (N, L)
+    labels: np.ndarray  # (N, L) uint8
+    present: np.ndarray  # (N, M) bool: modality m has at least one valid step
+    modalities: tuple[str, ...]
+    scores: np.ndarray | None = None  # (N, M, L) with keep "scores", where the model returns them
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # with keep "features"
+
+
+Gather = Callable[[Tensor], Tensor]
+
+
+@torch.no_grad()
+def forward_batches(model: MMERModel, batches: Iterable[Batch], *, device: torch.device | str | None = None,
+                    keep: Sequence[str] = ("scores",), drop_modality: str | None = None,
+                    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                    gather: Gather | None = None) -> Forward:
+    """The one prediction loop: `model` in eval mode over `batches`, outputs collected as numpy.
+
+    Used by training (validation / test), `Predictor`, the plots and the media path. `keep`
+    chooses the optional outputs: "scores" (modality_label_scores) and "features" (every
+    ModelOutput.features entry). `drop_modality` removes a modality from every batch
+    (`Batch.without`). `gather` is an all-gather over processes (`Engine.gather`); with it each
+    process passes its shard and every process gets the whole split, in split order.
+
+    Example:
+        >>> out = forward_batches(model, [batch], keep=("scores", "features"))   # doctest: +SKIP
+        >>> out.probs.shape, out.scores.shape                                    # doctest: +SKIP
+        ((32, 6), (32, 3, 6))
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    context = autocast or contextlib.nullcontext
+    was_training = model.training
+    model.eval()
+
+    def step(batch: Batch) -> dict[str, Tensor]:
+        batch = batch.to(device)
+        if drop_modality is not None:
+            batch = batch.without(drop_modality)
+        with context():
+            out = model(batch)
+        # present as uint8: every collective backend (gloo included) gathers it
+        rows = {"index": batch.index, "probs": out.probs.float(), "labels": batch.labels,
+                "present": batch.present.to(torch.uint8)}
+        if "scores" in keep and out.modality_label_scores is not None:
+            rows["scores"] = out.modality_label_scores.float()
+        if "features" in keep:
+            rows.update({f"features/{k}": v.float() for k, v in out.features.items()})
+        return rows
+
+    L, M = model.spec.num_labels, len(model.spec.modality_names)
+    # what a process without a single row contributes (n < world): the same columns, 0 rows
+    empty = {"probs": torch.zeros(0, L), "labels": torch.zeros(0, L), "present": torch.zeros(0, M, dtype=torch.uint8)}
+    try:
+        cols = collect_rows(step, batches, gather, empty=empty)
+    finally:
+        model.train(was_training)
+    n = len(cols["index"])
+    scores = cols.get("scores")
+    return Forward(index=cols["index"].astype(np.int64), probs=cols["probs"],
+                   labels=cols["labels"].astype(np.uint8), present=cols["present"].astype(bool),
+                   modalities=tuple(model.spec.modality_names),
+                   scores=scores if scores is not None and len(scores) == n else None,
+                   features={k.split("/", 1)[1]: v for k, v in cols.items() if k.startswith("features/")})
+
+
+def collect_rows(step: Callable[[Batch], dict[str, Tensor]], batches: Iterable[Batch],
+                 gather: Gather | None = None, empty: dict[str, Tensor] | None = None) -> dict[str, np.ndarray]:
+    """Concatenate `step(batch)` (a dict of per-sample tensors, with "index") over the batches;
+    with `gather`, over every process too, ordered by "index". The loop of `forward_batches`,
+    also used for the pooled features closed-form models fit on. `empty`: the 0-row columns of
+    a process that gets no batch, so that it joins the same all-gathers as the others."""
+    chunks: dict[str, list[Tensor]] = {}
+    for batch in batches:
+        for k, v in step(batch).items():
+            chunks.setdefault(k, []).append(v)
+    if "index" not in chunks:  # no batch on this process (a split smaller than the process count)
+        chunks = {"index": [torch.zeros(0, dtype=torch.long)], **{k: [v] for k, v in (empty or {}).items()}}
+    local = {k: torch.cat(v) for k, v in chunks.items()}
+    if gather is not None:
+        local = _gather_rows(local, gather)
+    return {k: v.cpu().numpy() for k, v in local.items()}
+
+
+def _gather_rows(local: dict[str, Tensor], gather: Gather) -> dict[str, Tensor]:
+    """Rows from every process, in index order. Shards differ in length by at most a batch, so
+    each is padded to the longest (index -1) and the padding dropped after the all-gather.
+    Every process must hold the same keys (an empty shard has none: avoid empty shards)."""
+    index = local["index"]
+    n_max = int(gather(index.new_tensor([index.shape[0]])).max())
+    out = {}
+    for k, v in local.items():
+        pad = n_max - v.shape[0]
+        fill = -1 if k == "index" else 0
+        v = torch.cat([v, v.new_full((pad, *v.shape[1:]), fill)])
+        out[k] = gather(v)
+    keep = out["index"] >= 0
+    order = torch.argsort(out["index"][keep])
+    return {k: v[keep][order] for k, v in out.items()}
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    # classic models (BR / CC / LP) hold only buffers
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def split_batches(store: FeatureStore, split: str, indices: Sequence[int] | None = None,
+                  modalities: Sequence[str] | None = None, batch_size: int = 256) -> Iterable[Batch]:
+    """Batches of `indices` (default: all rows) of a store split, in order (no DataLoader)."""
+    ds = StoreDataset(store, split, tuple(modalities) if modalities else None)
+    idx = list(range(len(ds))) if indices is None else [int(i) for i in indices]
+    for start in range(0, len(idx), batch_size):
+        yield collate(ds.__getitems__(idx[start:start + batch_size]))
 
 
 class Predictor:
@@ -103,18 +254,15 @@ class Predictor:
                                              f"dims differ ({', '.join(dims)})" if dims else ""]))
             raise DataError(f"{store.path} does not match the model's inputs ({detail}); the model expects "
                             f"{want}. Convert the data with the same features as the training store.")
+        from mmerkit.extract.media_predict import check_same_extractors
 
-    @torch.no_grad()
-    def _run(self, batches) -> tuple[np.ndarray, np.ndarray | None]:
-        probs, scores = [], []
-        for batch in batches:
-            out = self.model(batch.to(self.device))
-            probs.append(out.probs.float().cpu())
-            if out.modality_label_scores is not None:
-                scores.append(out.modality_label_scores.float().cpu())
-        p = torch.cat(probs).numpy()
-        s = torch.cat(scores).numpy() if len(scores) == len(probs) and scores else None
-        return p, s
+        # same shapes are not the same features: stores from `mmer extract` name their extractors
+        check_same_extractors(self.meta.get("extractors"), store.meta.get("extractors"),
+                              "the model's training store", str(store.path))
+
+    def _run(self, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray | None]:
+        out = forward_batches(self.model, batches, device=self.device, keep=("scores",))
+        return out.probs, out.scores
 
     def predict(self, inputs: str | Path | FeatureStore | Mapping[str, np.ndarray] | Batch,
                 split: str = "test", batch_size: int = 256) -> Predictions:
@@ -129,13 +277,13 @@ class Predictor:
         else:
             store = inputs if isinstance(inputs, FeatureStore) else FeatureStore(inputs)
             self._check_store(store)
-            ds = StoreDataset(store, split, tuple(self.spec.modalities))
-            idx = list(range(len(ds)))
-            p, s = self._run(collate(ds.__getitems__(idx[i:i + batch_size])) for i in range(0, len(ds), batch_size))
-            ids = [ds.split.sample_id(i) for i in idx]
+            p, s = self._run(split_batches(store, split, modalities=tuple(self.spec.modalities),
+                                           batch_size=batch_size))
+            sp = store.split(split)
+            ids = [sp.sample_id(i) for i in range(len(sp))]
         pred = binarize(p, np.asarray(self.threshold))
         top = s.argmax(1) if s is not None else None
-        return Predictions(ids, self.labels, p, pred, top, tuple(self.spec.modalities))
+        return Predictions(ids, self.labels, p, pred, top, tuple(self.spec.modalities), scores=s)
 
     def _arrays_to_batch(self, arrays: Mapping[str, np.ndarray]) -> Batch:
         items: dict = {"modalities": tuple(self.spec.modalities)}
@@ -152,11 +300,67 @@ class Predictor:
             n = x.shape[0] if n is None else n
             if x.shape[0] != n:
                 raise DataError(f"input {m!r} has {x.shape[0]} samples, other modalities have {n}")
+            if x.shape[1] == 0:
+                raise DataError(f"input {m!r} has shape {x.shape}: no time steps (T = 0); give at least one "
+                                f"step, or lengths {m}_len = 0 for samples that lack {m!r}")
             items[f"x:{m}"] = x
             items[f"len:{m}"] = np.asarray(arrays.get(f"{m}_len", np.full(n, x.shape[1])), np.int64)
+            bad = np.flatnonzero((items[f"len:{m}"] < 0) | (items[f"len:{m}"] > x.shape[1]))
+            if items[f"len:{m}"].shape != (n,) or bad.size:
+                raise DataError(f"input {m}_len must hold {n} lengths in [0, {x.shape[1]}] (T of {m!r}); "
+                                f"got {np.asarray(arrays.get(f'{m}_len')).tolist()[:8]}")
+        empty = np.flatnonzero(~np.stack([items[f"len:{m}"] > 0 for m in self.spec.modalities]).any(0))
+        if empty.size:
+            raise DataError(f"input sample {int(empty[0])} has length 0 in every modality ({empty.size} such "
+                            "samples): there is nothing to predict from; drop those samples")
         unknown = [k for k in arrays if k not in self.spec.modalities and not k.endswith("_len")]
         if unknown:
             raise DataError(f"input has unknown modalities {unknown}; the model expects {list(self.spec.modalities)}")
         items["labels"] = np.zeros((n, len(self.labels)), np.float32)
         items["index"] = np.arange(n)
         return collate(items)
+
+    # -- media (mmerkit.extract): the export's extractors on new clips
+    def predict_media(self, media: str | Path | Sequence[str | Path | None] | None = None,
+                      transcripts: str | Sequence[str | None] | None = None, *,
+                      manifest: str | Path | None = None, batch_size: int = 256) -> Predictions:
+        """Predict from video/audio files (or a manifest CSV of them) with the extractors the
+        training store was made with (read from the export); features made by other extractors
+        are refused. `transcripts`: one per file (None: speech recognition, as configured at
+        extraction). Returns Predictions with ids (file stems or manifest ids), every label's
+        probability, the emotion set and each label's most relevant modality;
+        `extra["transcripts"]` holds the text each clip was read as.
+
+        Example:
+            >>> p = Predictor.from_pretrained("runs/carat_clips_seed1/export")   # doctest: +SKIP
+            >>> p.predict_media(["a.mp4"], transcripts=["I can't believe it"]).rows()  # doctest: +SKIP
+        """
+        from mmerkit.extract.media_predict import media_inputs, media_request
+
+        req = media_request(media, transcripts, manifest)
+        ids, arrays, notes = media_inputs(self.meta, req["media"], transcripts=req["transcripts"],
+                                          starts=req["starts"], ends=req["ends"], ids=req["ids"],
+                                          dialogues=req["dialogues"], origin="the export")
+        preds = self.predict(arrays, batch_size=batch_size)
+        preds.ids = ids
+        if preds.top_modality is None:
+            preds.top_modality = self._occlusion_top_modality(arrays, preds.probs)
+        preds.extra.update(notes)
+        return preds
+
+    def _occlusion_top_modality(self, arrays: Mapping[str, np.ndarray], probs: np.ndarray) -> np.ndarray:
+        """For models without modality-to-label scores: the modality whose removal lowers each
+        label's probability most (modalities a sample lacks never win)."""
+        mods = list(self.spec.modalities)
+        present = np.stack([np.asarray(arrays[f"{m}_len"]) > 0 for m in mods], 1)  # (N, M)
+        drops = np.full((*present.shape, probs.shape[1]), -np.inf)
+        for j, m in enumerate(mods):
+            others = np.delete(present, j, axis=1).any(1)
+            if not others.any():
+                continue
+            masked = {**arrays, f"{m}_len": np.where(others, 0, arrays[f"{m}_len"])}
+            without = self.predict(masked).probs
+            drops[:, j] = np.where((present[:, j] & others)[:, None], probs - without, -np.inf)
+        only = present.sum(1) == 1  # a sole modality is the most relevant one by definition
+        drops[only] = np.where(present[only][:, :, None], 0.0, -np.inf)
+        return drops.argmax(1)

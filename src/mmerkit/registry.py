@@ -1,4 +1,6 @@
-"""One small registry used for models and datasets, with did-you-mean errors.
+"""A small name -> object registry with did-you-mean errors; the model registry
+(`mmerkit.models.base.MODELS`) is one. Datasets are not registered here: each converter module
+lists its converters in a `CONVERTERS` dict, which `mmerkit.api.datasets_table` collects.
 
 Example:
     >>> MODELS = Registry("model")
@@ -14,6 +16,8 @@ import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from mmerkit.errors import UnknownNameError
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -51,7 +55,7 @@ class Registry:
     def entry(self, name: str) -> Entry:
         if name not in self._entries:
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}.{did_you_mean(name, list(self._entries))} "
                 f"Known: {known}."
             )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -29,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from mmerkit.errors import MMERError
+from mmerkit.run import Run, find_runs, read_history
 
-__all__ = ["ABLATION_METRICS", "REPORT_METRICS", "ablation_rows", "find_runs", "format_ablation",
-           "format_table", "read_run", "report"]
+__all__ = ["ABLATION_METRICS", "REPORT_METRICS", "ablation_rows", "config_fingerprint", "find_runs",
+           "format_ablation", "format_table", "read_history", "read_run", "report"]
 
 # Column order of the report (the paper's main metrics first); per-label F1 follows.
 REPORT_METRICS = ("micro_f1", "accuracy", "macro_f1", "hamming_loss", "micro_precision", "micro_recall")
@@ -55,73 +54,21 @@ _PRETTY = {"micro_f1": "micro-F1", "accuracy": "Acc", "macro_f1": "macro-F1", "h
 # ----------------------------------------------------------------------------- reading runs
 
 
-def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """Run directories given directly or found below experiment directories, sorted, unique."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise MMERError(f"{p} does not exist; pass run directories or experiment directories "
-                            "made by `mmer train --out`")
-        if (p / "config.yaml").exists():
-            found.append(p)
-            continue
-        below = sorted(c.parent for c in p.rglob("config.yaml"))
-        # a run directory never contains another run (export/ has config.json, not yaml)
-        found += [d for d in below if not any(a in below for a in d.parents)]
-    unique = list(dict.fromkeys(d.resolve() for d in found))
-    if not unique:
-        raise MMERError(f"no run directories (with config.yaml) under {', '.join(map(str, paths))}")
-    return sorted(unique)
-
-
 def read_run(run_dir: str | Path) -> dict[str, Any] | None:
     """model, dataset, seed, config, test metrics and best epoch of one run; None if unfinished."""
-    run_dir = Path(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    test_file = run_dir / "test_metrics.json"
-    if not test_file.exists():
+    run = Run(run_dir)
+    test = run.read_test_metrics()
+    if test is None:
         return None
-    test = json.loads(test_file.read_text())
+    cfg = run.read_config_dict()
     model = str(cfg.get("model", {}).get("name", "?"))
     best = test.get("best_epoch")
     if best is None:
-        best = _best_epoch_from_csv(run_dir / "metrics.csv", cfg.get("train", {}).get("select_metric", "micro_f1"))
-    return {"run_dir": str(run_dir), "model": model, "dataset": _dataset_of(run_dir, model),
+        best = _best_epoch_from_csv(run.metrics_csv, cfg.get("train", {}).get("select_metric", "micro_f1"))
+    return {"run_dir": str(run.path), "model": model, "dataset": run.dataset,
             "seed": test.get("seed", cfg.get("train", {}).get("seed")), "config": cfg,
             "metrics": {k: float(v) for k, v in test.items() if isinstance(v, (int, float))},
-            "best_epoch": best, "epochs": _epochs_in_csv(run_dir / "metrics.csv")}
-
-
-def _dataset_of(run_dir: Path, model: str) -> str:
-    # api.train names runs <model>_<dataset>_seed<seed>[_k]; env.json is the fallback
-    m = re.fullmatch(rf"{re.escape(model)}_(.+)_seed-?\d+(?:_\d+)?", run_dir.name)
-    if m:
-        return m.group(1)
-    env = run_dir / "env.json"
-    if env.exists():
-        return str(json.loads(env.read_text()).get("store_name", "?"))
-    return "?"
-
-
-def read_history(path: str | Path) -> list[dict[str, Any]]:
-    """metrics.csv rows with numbers parsed ("" -> None)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            rows.append({k: _number(v) for k, v in row.items()})
-    return rows
-
-
-def _number(v: str | None) -> Any:
-    if v is None or v == "":
-        return None
-    try:
-        return float(v)
-    except ValueError:
-        return v
+            "best_epoch": best, "epochs": _epochs_in_csv(run.metrics_csv)}
 
 
 def _best_epoch_from_csv(path: Path, metric: str) -> float | None:
@@ -152,7 +99,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _fingerprint(cfg: dict) -> tuple:
+def config_fingerprint(cfg: dict) -> tuple:
+    """What a run learns from its config: every setting but the seed and the device settings."""
     flat = _flatten(cfg)
     return tuple(sorted((k, repr(v)) for k, v in flat.items() if k not in _IGNORED_KEYS))
 
@@ -187,7 +135,7 @@ def report(paths: Iterable[str | Path] | str | Path) -> list[dict[str, Any]]:
         raise MMERError("no finished runs (with test_metrics.json) under " + ", ".join(map(str, paths)))
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["model"], r["dataset"], _fingerprint(r["config"])), []).append(r)
+        groups.setdefault((r["model"], r["dataset"], config_fingerprint(r["config"])), []).append(r)
     variants = _variant_names(groups)
     rows = [_row(key, members, variants[key]) for key, members in groups.items()]
     return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["variant"]))
@@ -335,7 +283,8 @@ def _latex(header: list[str], body: list[list[str]], n_left: int) -> str:
     lines = [rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
              " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
     lines += [" & ".join(_latex_escape(c) for c in cells) + r" \\" for cells in body]
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\bottomrule", r"\end{tabular}",
+              r"% \toprule, \midrule and \bottomrule need \usepackage{booktabs} in the preamble"]
     return "\n".join(lines) + "\n"
 
 

@@ -22,21 +22,19 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mmerkit.data.batch import StoreDataset, collate
 from mmerkit.data.store import FeatureStore
-from mmerkit.errors import DataError, MMERError
+from mmerkit.errors import ConfigError, DataError, MMERError
 from mmerkit.models.base import MMERModel
+from mmerkit.predict import forward_batches, split_batches
 
 __all__ = ["curves_figure", "forward_split", "heatmap_figure", "labels_figure", "modality_label_stats",
            "plot_curves", "plot_heatmap", "plot_labels", "plot_tsne", "save_figure", "tsne_embed",
@@ -65,41 +63,20 @@ def save_figure(fig: Figure, out: str | Path, dpi: int = 150) -> Path:
 # ----------------------------------------------------------------------------- model outputs
 
 
-@torch.no_grad()
 def forward_split(model: MMERModel, store: FeatureStore, split: str = "test", *,
                   indices: Sequence[int] | None = None, drop_modality: str | None = None,
                   modalities: Sequence[str] | None = None, batch_size: int = 128,
                   keep: Sequence[str] = ("features", "scores")) -> dict[str, Any]:
-    """Run `model` (eval mode) over `indices` of a split (all by default).
+    """Run `model` (eval mode) over `indices` of a split (all by default), through the one
+    prediction loop (`mmerkit.predict.forward_batches`).
 
     Returns numpy arrays: probs (N, L), labels (N, L), present (N, M), and with `keep`,
     features {name: (N, ...)} and scores (N, M, L) or None.
     """
-    ds = StoreDataset(store, split, tuple(modalities) if modalities else None)
-    idx = np.arange(len(ds)) if indices is None else np.asarray(indices, dtype=np.int64)
-    # classic models (BR / CC / LP) hold only buffers
-    device = next(itertools.chain(model.parameters(), model.buffers()), torch.zeros(0)).device
-    was_training = model.training
-    model.eval()
-    probs, labels, present, scores, feats = [], [], [], [], {}
-    for start in range(0, len(idx), batch_size):
-        batch = collate(ds.__getitems__(idx[start:start + batch_size].tolist())).to(device)
-        if drop_modality is not None:
-            batch = batch.without(drop_modality)
-        out = model(batch)
-        probs.append(out.probs.float().cpu().numpy())
-        labels.append(batch.labels.cpu().numpy())
-        present.append(batch.present.cpu().numpy())
-        if "features" in keep:
-            for k, v in out.features.items():
-                feats.setdefault(k, []).append(v.float().cpu().numpy())
-        if "scores" in keep and out.modality_label_scores is not None:
-            scores.append(out.modality_label_scores.float().cpu().numpy())
-    model.train(was_training)
-    cat = (lambda xs: np.concatenate(xs, 0))  # noqa: E731
-    return {"probs": cat(probs), "labels": cat(labels).astype(np.uint8), "present": cat(present),
-            "features": {k: cat(v) for k, v in feats.items()}, "scores": cat(scores) if scores else None,
-            "modalities": ds.modalities}
+    out = forward_batches(model, split_batches(store, split, indices, modalities, batch_size), keep=keep,
+                          drop_modality=drop_modality)
+    return {"probs": out.probs, "labels": out.labels, "present": out.present, "features": out.features,
+            "scores": out.scores, "modalities": out.modalities}
 
 
 def _sample(n: int, max_samples: int | None, seed: int) -> np.ndarray:
@@ -164,7 +141,8 @@ def tsne_figure(xy: np.ndarray, modality: np.ndarray, positive: np.ndarray, *,
     for ax in (ax_m, ax_p):
         ax.set_xlabel("t-SNE 1")
         ax.set_ylabel("t-SNE 2")
-        ax.legend(markerscale=2, fontsize="small", loc="best")
+        # below the axes: a legend inside would hide points of a dense embedding
+        ax.legend(markerscale=2, fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=4)
     fig.suptitle(title)
     return fig
 
@@ -178,6 +156,13 @@ def plot_tsne(model: MMERModel, store: FeatureStore, split: str = "test", *, fea
     per-label latent to one label, or picks the label whose polarity colours pooled latents
     (default: the most frequent label of the split).
     """
+    names = list(store.labels)
+    if label is not None and label not in names:  # before the forward pass: a typo fails at once
+        from mmerkit.registry import did_you_mean
+
+        raise ConfigError(f"--label {label!r} is not a label of {store.path}.{did_you_mean(label, names)} "
+                          f"Labels: {', '.join(names)}")
+    _check_max_samples(max_samples)
     n = len(store.split(split))
     out = forward_split(model, store, split, indices=_sample(n, max_samples, seed), modalities=modalities,
                         keep=("features",))
@@ -186,11 +171,8 @@ def plot_tsne(model: MMERModel, store: FeatureStore, split: str = "test", *, fea
     name = feature or next(iter(out["features"]))
     if name not in out["features"]:
         raise MMERError(f"feature {name!r} not in the model's features {list(out['features'])}")
-    names = list(store.labels)
     freq_label = int(out["labels"].mean(0).argmax())
     lab = names.index(label) if label is not None else freq_label
-    if label is not None and label not in names:
-        raise MMERError(f"label {label!r} not in {names}")
     pts = tsne_points(out["features"][name], out["labels"], out["present"], out["modalities"], lab)
     sel = np.ones(len(pts["x"]), bool) if label is None else pts["label"] == lab
     idx = np.flatnonzero(sel)
@@ -232,7 +214,8 @@ def modality_label_stats(model: MMERModel, store: FeatureStore, split: str = "te
     drop = np.stack([base - forward_split(model, store, split, indices=idx, modalities=modalities,
                                           drop_modality=m, keep=())["probs"].mean(0) for m in mods])
     return {"win": win, "drop": drop, "modalities": mods, "labels": list(store.labels), "samples": len(idx),
-            "sample": sample}
+            "sample": sample, "true": full["labels"][0] if sample is not None else None,
+            "probs": full["probs"][0] if sample is not None else None}
 
 
 def _annotated_heatmap(fig: Figure, ax, values: np.ndarray, rows: Sequence[str], cols: Sequence[str],
@@ -272,14 +255,28 @@ def heatmap_figure(stats: dict[str, Any], title: str) -> Figure:
     return fig
 
 
+def _check_max_samples(max_samples: int | None) -> None:
+    if max_samples is not None and max_samples < 1:
+        raise ConfigError(f"--max-samples {max_samples}: give at least 1 (or omit it for the default)")
+
+
 def plot_heatmap(model: MMERModel, store: FeatureStore, split: str = "test", *,
                  max_samples: int | None = None, modalities: Sequence[str] | None = None,
-                 sample: str | None = None, title: str | None = None) -> Figure:
+                 sample: str | None = None, title: str | None = None,
+                 threshold: float | Sequence[float] | None = None) -> Figure:
     """Modality-to-label heatmap(s) of a model on a split, or of one `sample` (see
-    `modality_label_stats`)."""
+    `modality_label_stats`); the per-sample view names the sample's true and predicted labels
+    (predicted at `threshold`, the run's exported one when called through `api.plot`; else 0.5)."""
+    _check_max_samples(max_samples)
     stats = modality_label_stats(model, store, split, max_samples=max_samples, modalities=modalities,
                                  sample=sample)
     what = f"sample {sample}" if sample is not None else f"{stats['samples']} samples"
+    if sample is not None:
+        names = np.asarray(stats["labels"])
+        thr = np.asarray(0.5 if threshold is None else threshold, dtype=float)
+        true = ", ".join(names[np.asarray(stats["true"]) > 0]) or "none"
+        pred = ", ".join(names[stats["probs"] >= thr]) or "none"
+        what += f"; true: {true}; predicted: {pred}"
     return heatmap_figure(stats, title or f"modality-to-label: {model.name} ({split}, {what})")
 
 
@@ -320,26 +317,22 @@ def curves_figure(history: list[dict[str, Any]], title: str, best_epoch: float |
     ax_m.set_xlabel("epoch")
     ax_m.set_ylabel("metric")
     for ax in (ax_l, ax_m):
-        if ax.lines:
-            ax.legend(fontsize="small")
+        if ax.lines:  # outside, right of the axes: curves fill the whole plot area
+            ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.suptitle(title)
     return fig
 
 
 def plot_curves(run_dir: str | Path) -> Figure:
     """Training curves of a run directory from its metrics.csv."""
-    import json
+    from mmerkit.run import Run
 
-    from mmerkit.report import read_history
-
-    run_dir = Path(run_dir)
-    history = read_history(run_dir / "metrics.csv")
+    run = Run(run_dir)
+    history = run.read_history()
     if not history:
-        raise MMERError(f"{run_dir} has no metrics.csv (not a run directory, or no epoch finished)")
-    best = None
-    if (run_dir / "test_metrics.json").exists():
-        best = json.loads((run_dir / "test_metrics.json").read_text()).get("best_epoch")
-    return curves_figure(history, f"training curves: {run_dir.name}", best)
+        raise MMERError(f"{run.path} has no metrics.csv (not a run directory, or no epoch finished)")
+    test = run.read_test_metrics() or {}
+    return curves_figure(history, f"training curves: {run.path.name}", test.get("best_epoch"))
 
 
 def labels_figure(f1: Sequence[float], freq: Sequence[float], label_names: Sequence[str], title: str) -> Figure:
@@ -351,11 +344,11 @@ def labels_figure(f1: Sequence[float], freq: Sequence[float], label_names: Seque
     ax.bar(x + 0.2, freq, 0.4, label="frequency", color="tab:gray")
     ax.bar_label(bars, fmt="%.2f", fontsize="small")
     ax.set_xticks(x, labels=list(label_names), rotation=30, ha="right")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.25)  # head room: the legend sits above the tallest bar, not on it
     ax.set_xlabel("label")
     ax.set_ylabel("F1 / share of samples")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper center", ncols=2)
     return fig
 
 

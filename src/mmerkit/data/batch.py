@@ -79,6 +79,14 @@ class StoreDataset(torch.utils.data.Dataset):
         self.store = store if isinstance(store, FeatureStore) else FeatureStore(store)
         self.split_name = split
         self.modalities = tuple(modalities or self.store.modalities)
+        unknown = [m for m in self.modalities if m not in self.store.modalities]
+        if unknown:
+            from mmerkit.errors import ConfigError
+            from mmerkit.registry import did_you_mean
+
+            have = list(self.store.modalities)
+            raise ConfigError(f"data.modalities lists {unknown[0]!r}, which {self.store.path} does not have."
+                              f"{did_you_mean(unknown[0], have)} Modalities: {', '.join(have)}")
         self.split: StoreSplit = self.store.split(split)
 
     def __len__(self) -> int:

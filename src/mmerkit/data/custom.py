@@ -39,6 +39,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,27 @@ def _labels_matrix(labels: Any, label_names: Sequence[str] | None, n: int, where
                 raise DataError(f"{where}: {row(i)} has label {lab!r}, which is not in label_names {names}; fix "
                                 "the label or add it to label_names")
             y[i, j] = 1
+    if label_names is None:
+        _warn_inferred_labels(names, y.sum(0), where)
     return y, names
+
+
+def _warn_inferred_labels(names: list[str], counts: np.ndarray, where: str) -> None:
+    """Without label_names every name found becomes a label, so a typo ('happyy') would silently
+    be a new label: say which labels were found, how often, and which look like typos."""
+    import difflib
+
+    listed = ", ".join(f"{nm} {int(c)}" for nm, c in zip(names, counts))
+    suspects = []
+    for nm, c in zip(names, counts):
+        close = [o for o, oc in zip(names, counts) if o != nm and oc > c
+                 and difflib.SequenceMatcher(None, nm.lower(), o.lower()).ratio() >= 0.8]
+        if close:
+            suspects.append(f"{nm!r} ({int(c)} sample{'' if c == 1 else 's'}) looks like a typo of {close[0]!r}")
+    note = f"; {'; '.join(suspects)}" if suspects else ""
+    warnings.warn(f"{where}: no label_names given, so the labels are the {len(names)} names found (samples per "
+                  f"label: {listed}){note}. Pass label_names (CLI: --label-names a,b,c) to fix the label set; "
+                  "a name outside it is then an error", stacklevel=4)
 
 
 def _check_ids(ids: Sequence[Any] | None, n: int, where: str, row: RowName) -> list[str] | None:
@@ -246,11 +267,24 @@ def from_arrays(features: Mapping[str, Any], labels: Any, split: Sequence[str] |
                   nan_policy=nan_policy, empty_labels=empty_labels, overwrite=overwrite)
 
 
+def _check_zip_magic(path: Path) -> None:
+    """An .npz is a zip archive; anything else (a text file, a bare .npy) gets its own message
+    instead of numpy's guess that it holds pickled data."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"PK"):
+        return
+    what = "a single .npy array" if head.startswith(b"\x93NUMPY") else f"a file starting with {head!r}"
+    raise DataError(f"{path} is not an .npz archive (it is {what}); write it with np.savez(path, text=..., "
+                    "labels=..., label_names=..., split=...) (see docs/datasets.md)")
+
+
 def read_npz(path: str | os.PathLike) -> dict[str, Any]:
     """The arrays of a custom .npz, checked for the keys `from_npz` needs."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist")
+    _check_zip_magic(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -392,15 +426,19 @@ def from_manifest(path: str | os.PathLike, out: str | os.PathLike, *, label_name
 
 
 def convert_custom(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy: NanPolicy = "reject",
-                   overwrite: bool = False, **options: Any) -> FeatureStore:
+                   overwrite: bool = False, label_names: Sequence[str] | None = None,
+                   empty_labels: EmptyLabelPolicy = "reject", max_len: int | None = None, truncate: str = "head",
+                   aligned: bool | None = None, name: str | None = None) -> FeatureStore:
     """Dispatch on the suffix: ``.npz`` -> `from_npz`, ``.csv`` / ``.jsonl`` -> `from_manifest`."""
     suffix = Path(path).suffix.lower()
+    common = dict(nan_policy=nan_policy, overwrite=overwrite, empty_labels=empty_labels, max_len=max_len,
+                  truncate=truncate, aligned=aligned, name=name)
     if suffix == ".npz":
-        if "label_names" in options:
+        if label_names is not None:
             raise DataError(f"{path}: an .npz carries its own label_names; drop the label_names option")
-        return from_npz(path, out, nan_policy=nan_policy, overwrite=overwrite, **options)
+        return from_npz(path, out, **common)
     if suffix in (".csv", ".jsonl", ".ndjson"):
-        return from_manifest(path, out, nan_policy=nan_policy, overwrite=overwrite, **options)
+        return from_manifest(path, out, label_names=label_names, **common)
     raise DataError(f"{path}: custom data must be an .npz or a .csv/.jsonl manifest (see docs/datasets.md)")
 
 

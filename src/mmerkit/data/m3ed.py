@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from mmerkit.data.dialogue import Missing, Truncate, build_dialogues_from_dicts
-from mmerkit.data.store import FeatureStore, NanPolicy, write_store
+from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, NanPolicy, write_store
 from mmerkit.errors import DataError
 
 LABELS = ["happy", "neutral", "sad", "disgust", "anger", "fear", "surprise"]
@@ -118,7 +118,7 @@ def _dict_item(data: Any, slot: int, what: str, source: str) -> Mapping:
 def convert_m3ed(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy: NanPolicy = "reject",
                  overwrite: bool = False, swap_visual_audio: bool = False, max_len: int = 60,
                  truncate: Truncate = "head", missing: Missing = "reject", union_over: str = "all",
-                 name: str | None = None) -> FeatureStore:
+                 empty_labels: EmptyLabelPolicy = "reject", name: str | None = None) -> FeatureStore:
     """Convert the M3ED authors' feature pickle at `path` into a store at `out` (see module doc)."""
     path = Path(path)
     data = load_pickle(path, "M3ED feature pickle")
@@ -126,7 +126,7 @@ def convert_m3ed(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy:
                        truncate=truncate, missing=missing, union_over=union_over)
     note = ", visual/audio swapped" if swap_visual_audio else ""
     return write_store(out, splits, LABELS, name=name, source=f"m3ed:{path.name}{note}",
-                       aligned=True, nan_policy=nan_policy, overwrite=overwrite)
+                       aligned=True, nan_policy=nan_policy, empty_labels=empty_labels, overwrite=overwrite)
 
 
 CONVERTERS = {"m3ed": convert_m3ed}

@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mmerkit.data.store import FeatureStore, NanPolicy, SplitArrays, write_store
+from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, NanPolicy, SplitArrays, write_store
 from mmerkit.errors import DataError
 
 EMOTIONS = ["neutral", "joy", "anger", "disgust", "sadness", "surprise", "fear", "anticipation",
@@ -365,7 +365,7 @@ def convert_memor(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy
                   seed: int = 2020, characters: Sequence[str] = CHARACTERS, train_ids: str = "train_id.txt",
                   test_ids: str = "test_id.txt", audio_file: str | None = None, text_file: str | None = None,
                   visual_file: str | None = None, personality_file: str | None = None,
-                  name: str | None = None) -> FeatureStore:
+                  empty_labels: EmptyLabelPolicy = "reject", name: str | None = None) -> FeatureStore:
     """Convert a MEmoR data directory into a store (our multi-label protocol, see module doc)."""
     key = _label_set(label_set)
     splits = read_memor(path, label_set=key, modalities=modalities, personality=personality,
@@ -374,7 +374,8 @@ def convert_memor(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy
                         visual_file=visual_file, personality_file=personality_file)
     return write_store(out, splits, label_names(key), name=name,
                        source=f"memor:{Path(path).name} ({key}, per-person union, {sequence})",
-                       aligned=sequence == "segments", nan_policy=nan_policy, overwrite=overwrite)
+                       aligned=sequence == "segments", nan_policy=nan_policy, empty_labels=empty_labels,
+                       overwrite=overwrite)
 
 
 CONVERTERS = {"memor": convert_memor}

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from mmerkit.data.store import FeatureStore, SplitArrays, write_store
+from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, SplitArrays, write_store
 from mmerkit.errors import DataError
 
 LABELS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
@@ -173,7 +173,7 @@ def _zero_neg_inf(x: np.ndarray, chunk: int = 512) -> np.ndarray:
     return x
 
 
-def parse_targets(tgt: Any, where: str, allow_empty: bool = False) -> np.ndarray:
+def parse_targets(tgt: Any, where: str, empty_labels: str = "reject") -> np.ndarray:
     """Token lists [2, id, ..., 3] (ids 4..9) -> (N, 6) uint8 multi-hot in LABELS order.
 
     Example:
@@ -193,17 +193,17 @@ def parse_targets(tgt: Any, where: str, allow_empty: bool = False) -> np.ndarray
                 raise DataError(f"{where}, sample {i}: unknown label token {t}; the MOSEI label "
                                 f"vocabulary is {_VOCAB}")
             y[i, TOKEN_TO_INDEX[t]] = 1
-        if not allow_empty and not y[i].any():
+        if empty_labels != "allow" and not y[i].any():
             raise DataError(f"{where}, sample {i} has an empty label set (tgt {toks}); pass "
-                            "allow_empty=True (CLI: --allow-empty-labels) if that is intended")
+                            "empty_labels='allow' (CLI: --empty-labels allow) if that is intended")
     return y
 
 
-def _split_labels(sd: Mapping, path: Path, split: str, allow_empty: bool) -> np.ndarray:
+def _split_labels(sd: Mapping, path: Path, split: str, empty_labels: str) -> np.ndarray:
     if "tgt" not in sd:
         raise DataError(f"{path.name}: split {split!r} has no key 'tgt' (keys: {_keys(sd)}); "
                         "is it the aligned MOSEI train_valid_test.pt?")
-    return parse_targets(sd["tgt"], f"{path.name}, split {split!r}, key 'tgt'", allow_empty)
+    return parse_targets(sd["tgt"], f"{path.name}, split {split!r}, key 'tgt'", empty_labels)
 
 
 def _check_sizes(sizes: dict[str, int], path: Path, split: str) -> None:
@@ -216,9 +216,11 @@ def _check_sizes(sizes: dict[str, int], path: Path, split: str) -> None:
 # ----------------------------------------------------------------------------- converters
 
 
-def _check_args(out: Path, overwrite: bool, nan_policy: str) -> None:
+def _check_args(out: Path, overwrite: bool, nan_policy: str, empty_labels: str) -> None:
     if nan_policy not in ("reject", "zero"):
         raise DataError(f"nan_policy must be 'reject' or 'zero', got {nan_policy!r}")
+    if empty_labels not in ("reject", "allow"):
+        raise DataError(f"empty_labels must be 'reject' or 'allow', got {empty_labels!r} (CLI: --empty-labels allow)")
     if out.exists() and not overwrite:  # fail before loading gigabytes
         raise DataError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) "
                         "or choose another --out")
@@ -243,8 +245,8 @@ def _read_modalities(sd: Mapping, keys: Mapping[str, str], path: Path, split: st
     return feats, lengths, sizes
 
 
-def _aligned_split(sd: Mapping, path: Path, split: str, allow_empty: bool) -> SplitArrays:
-    y = _split_labels(sd, path, split, allow_empty)
+def _aligned_split(sd: Mapping, path: Path, split: str, empty_labels: str) -> SplitArrays:
+    y = _split_labels(sd, path, split, empty_labels)
     feats, lengths, sizes = _read_modalities(sd, ALIGNED_KEYS, path, split)
     _check_sizes({"tgt": len(y), **sizes}, path, split)
     steps = {ALIGNED_KEYS[m]: x.shape[1] for m, x in feats.items()}
@@ -257,7 +259,7 @@ def _aligned_split(sd: Mapping, path: Path, split: str, allow_empty: bool) -> Sp
 
 def convert_mosei_aligned(pt_path: str | os.PathLike, out: str | os.PathLike, *,
                           nan_policy: str = "reject", overwrite: bool = False,
-                          allow_empty: bool = False) -> FeatureStore:
+                          empty_labels: EmptyLabelPolicy = "reject") -> FeatureStore:
     """Convert the aligned CMU-MOSEI `train_valid_test.pt` (TAILOR/CARAT) into a FeatureStore.
 
     Example:
@@ -265,13 +267,13 @@ def convert_mosei_aligned(pt_path: str | os.PathLike, out: str | os.PathLike, *,
         ['happy', 'sad', 'anger', 'surprise', 'disgust', 'fear']
     """
     pt_path, out = Path(pt_path), Path(out)
-    _check_args(out, overwrite, nan_policy)
+    _check_args(out, overwrite, nan_policy, empty_labels)
     data = _load_torch(pt_path)
-    splits = {s: _aligned_split(_get_split(data, pt_path, s, (s,)), pt_path, s, allow_empty)
+    splits = {s: _aligned_split(_get_split(data, pt_path, s, (s,)), pt_path, s, empty_labels)
               for s in SPLITS}
     return _write(out, splits, pt_path, name="mosei-aligned", source=f"mosei-aligned:{pt_path.name}",
                   aligned=True, nan_policy=nan_policy,
-                  empty_labels="allow" if allow_empty else "reject", overwrite=overwrite)
+                  empty_labels=empty_labels, overwrite=overwrite)
 
 
 def _unaligned_split(sd: Mapping, y: np.ndarray, pkl: Path, pt: Path, split: str) -> SplitArrays:
@@ -287,7 +289,7 @@ def _unaligned_split(sd: Mapping, y: np.ndarray, pkl: Path, pt: Path, split: str
 
 def convert_mosei_unaligned(pkl_path: str | os.PathLike, labels_from: str | os.PathLike,
                             out: str | os.PathLike, *, nan_policy: str = "reject",
-                            overwrite: bool = False, allow_empty: bool = False) -> FeatureStore:
+                            overwrite: bool = False, empty_labels: EmptyLabelPolicy = "reject") -> FeatureStore:
     """Convert MulT's unaligned `mosei_senti_data_noalign.pkl`, with emotion labels taken from
     the aligned `train_valid_test.pt` (`labels_from`), into a FeatureStore (aligned=False).
 
@@ -299,10 +301,10 @@ def convert_mosei_unaligned(pkl_path: str | os.PathLike, labels_from: str | os.P
         ...                         "stores/mosei-unaligned")                    # doctest: +SKIP
     """
     pkl_path, pt_path, out = Path(pkl_path), Path(labels_from), Path(out)
-    _check_args(out, overwrite, nan_policy)
+    _check_args(out, overwrite, nan_policy, empty_labels)
     _require_file(pkl_path, "the unaligned CMU-MOSEI mosei_senti_data_noalign.pkl")
     aligned = _load_torch(pt_path)
-    labels = {s: _split_labels(_get_split(aligned, pt_path, s, (s,)), pt_path, s, allow_empty)
+    labels = {s: _split_labels(_get_split(aligned, pt_path, s, (s,)), pt_path, s, empty_labels)
               for s in SPLITS}
     del aligned  # free the aligned features before the unaligned ones are read
     data = _load_pickle(pkl_path)
@@ -310,11 +312,16 @@ def convert_mosei_unaligned(pkl_path: str | os.PathLike, labels_from: str | os.P
                                   labels[s], pkl_path, pt_path, s) for s in SPLITS}
     return _write(out, splits, pkl_path, name="mosei-unaligned",
                   source=f"mosei-unaligned:{pkl_path.name}+{pt_path.name}", aligned=False,
-                  nan_policy=nan_policy, empty_labels="allow" if allow_empty else "reject",
+                  nan_policy=nan_policy, empty_labels=empty_labels,
                   overwrite=overwrite)
 
 
 CONVERTERS: dict[str, Callable[..., FeatureStore]] = {
     "mosei-aligned": convert_mosei_aligned,
     "mosei-unaligned": convert_mosei_unaligned,
+}
+DESCRIPTION = {
+    "mosei-aligned": "CMU-MOSEI word-aligned train_valid_test.pt of TAILOR/CARAT/RAMer/AMP (6 emotions)",
+    "mosei-unaligned": "CMU-MOSEI unaligned MulT pickle mosei_senti_data_noalign.pkl; emotion labels from the "
+                       "aligned .pt (--labels-from), matched by index",
 }

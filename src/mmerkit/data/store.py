@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -109,7 +110,7 @@ def write_store(
     if nan_policy not in ("reject", "zero"):
         raise DataError(f"nan_policy={nan_policy!r}: expected 'reject' or 'zero' (CLI: --nan-policy)")
     if empty_labels not in ("reject", "allow"):
-        raise DataError(f"empty_labels={empty_labels!r}: expected 'reject' or 'allow'")
+        raise DataError(f"empty_labels={empty_labels!r}: expected 'reject' or 'allow' (CLI: --empty-labels allow)")
     if path.exists() and not overwrite:
         raise DataError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) "
                         "or choose another --out")
@@ -124,6 +125,7 @@ def write_store(
     new_parents = [p for p in path.parents if not p.exists()]  # deepest first; removed on failure
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a store follows the umask like any directory
     try:
         split_sizes, max_len = {}, {}
         for split_name, arrays in splits.items():
@@ -154,7 +156,15 @@ def write_store(
             except OSError:
                 break
         raise
-    return FeatureStore(path)
+    store = FeatureStore(path, check_values=False)
+    store.mark_finite()  # every value went through _clean_nonfinite above
+    return store
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _check_replaceable(path: Path) -> None:
@@ -194,6 +204,10 @@ def _check_splits(splits: Mapping[str, SplitArrays], labels: list[str]):
                 raise DataError(f"split {split_name!r}, modality {m!r}: expected (N, T, D) or (N, D), "
                                 f"got shape {tuple(x.shape)}")
             here[m] = int(x.shape[-1])
+            if here[m] == 0 or (x.ndim == 3 and x.shape[1] == 0):
+                raise DataError(f"split {split_name!r}, modality {m!r} has shape {tuple(x.shape)}: no "
+                                f"{'feature dims (D = 0)' if here[m] == 0 else 'time steps (T = 0)'}; drop "
+                                "the modality or supply its features")
         if dims is None:
             dims = here
         elif here != dims:
@@ -209,6 +223,10 @@ def _check_splits(splits: Mapping[str, SplitArrays], labels: list[str]):
             raise DataError(f"split {split_name!r}: labels must be (N, {len(labels)}) for label names "
                             f"{labels}, got shape {tuple(lab.shape)}")
     return dims, extra_dims
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _sample_name(ids, i: int) -> str:
@@ -231,8 +249,8 @@ def _write_split(d: Path, split: str, arrays: SplitArrays, dims, nan_policy, emp
     if empty_labels == "reject" and (labels.sum(1) == 0).any():
         i = int(np.flatnonzero(labels.sum(1) == 0)[0])
         raise DataError(f"split {split!r}, {_sample_name(ids, i)} has an empty label set "
-                        f"({int((labels.sum(1) == 0).sum())} such samples); pass "
-                        "empty_labels='allow' (CLI: --allow-empty-labels) if that is intended")
+                        f"({_count(int((labels.sum(1) == 0).sum()), 'such sample')}); pass "
+                        "empty_labels='allow' (CLI: --empty-labels allow) if that is intended")
     np.save(d / "labels.npy", labels.astype(np.uint8))
     lens_out = {}
     for m in dims:
@@ -252,6 +270,9 @@ def _write_split(d: Path, split: str, arrays: SplitArrays, dims, nan_policy, emp
             raise DataError(f"split {split!r}, {m}_len of {_sample_name(ids, i)} is {lengths[i]}, "
                             f"outside [0, {t}]: a length counts the valid steps of the sample's {m!r} "
                             f"features (0 = missing) and cannot exceed their T = {t}; fix the lengths")
+        if n and not lengths.any():
+            raise DataError(f"split {split!r}, modality {m!r}: every sample has {m}_len 0 (missing), so the "
+                            "modality carries nothing; drop it or supply its lengths (0 = missing)")
         x = _clean_nonfinite(x.astype(np.float32, copy=True), split, m, ids, nan_policy)
         x[np.arange(t)[None, :] >= lengths[:, None]] = 0.0  # padding is zero by contract
         np.save(d / f"{m}.npy", x)
@@ -274,13 +295,66 @@ def _clean_nonfinite(x: np.ndarray, split: str, what: str, ids, policy: NanPolic
     samples = np.flatnonzero(bad.reshape(len(x), -1).any(1))
     where = f"split {split!r}, modality {what!r}, {_sample_name(ids, int(samples[0]))}"
     if policy == "reject":
-        raise DataError(f"{where} contains NaN/inf ({int(bad.sum())} values in {samples.size} "
-                        "samples); pass nan_policy='zero' (CLI: --nan-policy zero) to replace them "
+        raise DataError(f"{where} contains NaN/inf ({_count(int(bad.sum()), 'value')} in "
+                        f"{_count(samples.size, 'sample')}); pass nan_policy='zero' (CLI: --nan-policy zero) to replace them "
                         "with 0")
     warnings.warn(f"{where}: replaced {int(bad.sum())} NaN/inf values in {samples.size} samples by 0",
                   stacklevel=3)
     x[bad] = 0.0
     return x
+
+
+# ----------------------------------------------------------------------------- value checks
+
+CHUNK_BYTES = 64 * 2**20  # rows of a memory map scanned at a time: bounded memory for any store size
+
+
+def nonfinite_count(x: np.ndarray) -> tuple[int, int, int | None]:
+    """(NaN count, inf count, first sample holding one or None) of an array, read in chunks of
+    rows so a memory-mapped array larger than RAM is scanned with bounded memory."""
+    per_row = max(int(np.prod(x.shape[1:])) * x.dtype.itemsize, 1)
+    step = max(CHUNK_BYTES // per_row, 1)
+    nan = inf = 0
+    first = None
+    for i in range(0, x.shape[0], step):
+        block = np.asarray(x[i:i + step])
+        is_nan, is_inf = np.isnan(block), np.isinf(block)
+        nan += int(is_nan.sum())
+        inf += int(is_inf.sum())
+        if first is None and (nan or inf):
+            rows = (is_nan | is_inf).reshape(len(block), -1).any(1)
+            first = i + int(np.flatnonzero(rows)[0])
+    return nan, inf, first
+
+
+def cache_dir() -> Path:
+    """Where mmerkit keeps derived files: $MMERKIT_CACHE, else ~/.cache/mmerkit."""
+    return Path(os.environ.get("MMERKIT_CACHE", Path.home() / ".cache" / "mmerkit"))
+
+
+def _value_check_file(path: Path) -> Path | None:
+    """The cache file of the NaN/inf scan of the store at `path`: keyed by meta.json and the
+    size and modification time of every array, so a rewritten array is scanned again."""
+    h = hashlib.sha1((path / "meta.json").read_bytes())
+    try:
+        for f in sorted(path.glob("*/*.npy")):
+            st = f.stat()
+            h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    except OSError:
+        return None
+    return cache_dir() / "store-checks" / f"{h.hexdigest()[:20]}.json"
+
+
+def _write_check_cache(file: Path | None, result: dict) -> None:
+    if file is None:
+        return
+    try:  # best effort: a read-only home or cache only costs a re-scan next time
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, file)
+    except OSError:
+        pass
 
 
 # ----------------------------------------------------------------------------- reading
@@ -313,12 +387,55 @@ class FeatureStore:
         >>> store.split("train").features["text"][0]       # doctest: +SKIP
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, check_values: bool = True):
         self.path = Path(path)
         self.meta = self._read_meta()
         self._cache: dict[str, StoreSplit] = {}
         for split in self.meta["splits"]:
             self.split(split)  # validates shapes against meta.json
+        if check_values:
+            self.check_finite()
+
+    # -- values
+    def nonfinite(self) -> dict[str, dict[str, list]]:
+        """{split: {array: [nan, inf, first bad sample]}} for every features and extras array
+        holding NaN/inf (a streamed pass over the memory maps; empty when all are finite)."""
+        found: dict[str, dict[str, list]] = {}
+        for name in self.splits:
+            sp = self.split(name)
+            arrays = {**{f"{m}.npy": x for m, x in sp.features.items()},
+                      **{f"extra_{e}.npy": v for e, v in sp.extras.items()}}
+            for file, x in arrays.items():
+                nan, inf, first = nonfinite_count(x)
+                if nan or inf:
+                    found.setdefault(name, {})[file] = [nan, inf, first]
+        return found
+
+    def check_finite(self) -> None:
+        """Raise DataError if any feature holds NaN/inf. The scan result is cached (see
+        `_value_check_file`), so only the first open of a store reads all of its features."""
+        cache = _value_check_file(self.path)
+        found = None
+        if cache is not None and cache.is_file():
+            try:
+                found = json.loads(cache.read_text())["nonfinite"]
+            except (OSError, ValueError, KeyError, TypeError):
+                found = None
+        if found is None:
+            found = self.nonfinite()
+            _write_check_cache(cache, {"store": str(self.path.resolve()), "nonfinite": found})
+        if found:
+            split, arrays = next(iter(found.items()))
+            file, (nan, inf, first) = next(iter(arrays.items()))
+            total = sum(a + b for per in found.values() for a, b, _ in per.values())
+            raise DataError(f"{self.path / split / file} holds {nan} NaN and {inf} inf values (first in "
+                            f"{self.split(split).sample_id(first) if first is not None else 'a sample'}; "
+                            f"{total} in the whole store, `mmer data inspect {self.path}` counts them); "
+                            "convert the data again with --nan-policy zero to replace them by 0")
+
+    def mark_finite(self) -> None:
+        """Record that every value is finite (write_store has just checked them while writing)."""
+        _write_check_cache(_value_check_file(self.path), {"store": str(self.path.resolve()), "nonfinite": {}})
 
     # -- meta
     def _read_meta(self) -> dict:
@@ -411,8 +528,14 @@ class FeatureStore:
             if x.ndim != 3 or x.shape[0] != n or x.shape[2] != dim:
                 raise DataError(f"{d / f'{m}.npy'} has shape {x.shape}, but meta.json says ({n}, T, {dim}); "
                                 "the store is inconsistent, convert it again")
+            if x.shape[1] == 0 or dim == 0:
+                raise DataError(f"{d / f'{m}.npy'} has shape {x.shape}: a modality needs T >= 1 and D >= 1; "
+                                "convert the store again without that modality")
             ln = self._load(d / f"{m}_len.npy", f"int32 ({n},)", "iu")
             self._expect(ln, (n,), d / f"{m}_len.npy")
+            if ln.size and not np.asarray(ln).any():
+                raise DataError(f"{d / f'{m}_len.npy'}: every sample has length 0 ({m!r} missing for the whole "
+                                f"{name!r} split); convert the store again without {m!r}, or with its features")
             if ln.size and (ln.min() < 0 or ln.max() > x.shape[1]):
                 i = int(np.flatnonzero((ln < 0) | (ln > x.shape[1]))[0])
                 raise DataError(f"{d / f'{m}_len.npy'}: sample {i} has length {ln[i]}, outside "

@@ -40,10 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from mmerkit.data.store import FeatureStore, SplitArrays, write_store
-from mmerkit.errors import DataError
+from mmerkit.errors import ConfigError, DataError
+from mmerkit.registry import did_you_mean
 
 SPLITS = ("train", "valid", "test")
 # Bumped whenever the same SynthConfig starts generating different arrays: key caches on it too.
@@ -64,6 +65,13 @@ class SynthConfig(BaseModel, extra="forbid"):
     label_noise: float = Field(0.0, ge=0.0, le=1.0)  # P(flip) per label bit, train split only
     distractor_rate: float = Field(0.5, ge=0.0, le=1.0)  # P(a negative carries a label's decoy)
     short_rate: float = Field(0.3, ge=0.0, le=1.0)  # P(a sample is shorter than seq_len)
+
+    def __init__(self, **params):
+        # a bad knob is the user's mistake: a ConfigError naming it (CLI flag and config key), no traceback
+        try:
+            super().__init__(**params)
+        except ValidationError as e:
+            raise ConfigError(_explain_synth(e)) from None
 
     @field_validator("split")
     @classmethod
@@ -93,6 +101,25 @@ class SynthConfig(BaseModel, extra="forbid"):
             raise ValueError(f"samples={self.samples} with split={self.split} leaves an empty split "
                              f"({sizes}); raise samples or the split fractions")
         return self
+
+
+def _explain_synth(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if not key:  # a check across knobs (model validator): its message names them
+            parts.append(f"synthetic data: {err['msg'].removeprefix('Value error, ')}")
+            continue
+        flag = f"mmer data synth --{key.replace('_', '-')} or " if key in _CLI_FLAGS else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if err["type"] != "value_error" else ""
+        hint = (f".{did_you_mean(key, list(SynthConfig.model_fields))} Valid keys: "
+                f"{', '.join(SynthConfig.model_fields)}" if err["type"] == "extra_forbidden" else "")
+        parts.append(f"synthetic data option {key}: {msg}{got}{hint} (set with {flag}--set data.synthetic.{key}=...)")
+    return "; ".join(parts)
+
+
+_CLI_FLAGS = ("samples", "seed", "missing_rate", "label_noise")
 
 
 def split_sizes(samples: int, split: tuple[float, float, float]) -> dict[str, int]:

@@ -1,45 +1,68 @@
 """AMP: adversarial masking and parameter perturbation for multi-modal multi-label emotion
 recognition (Ge et al., WWW 2023).
 
-Implemented from specs/peers.md §4 (the authors' code, ShipingGe/MMER, as the spec describes
-it). For modalities m in DataSpec order:
+Implemented from specs/peers.md §4 and §4.1 (the release, ShipingGe/MMER, as the spec describes
+its `train_mmer.py` and `utils/loss_functions.py`). For modalities m in DataSpec order:
 
     x_m  = Drop_0.1(LN(W_m inputs_m))                     (B, T_m, d), d = 512
-    h_m  = UniEnc_m(x_m)                                  3 post-LN layers, 8 heads, FFN 1024, ReLU
-    F    = TriEnc([h_1 ; .. ; h_M])                       3 layers over the concatenated sequences
-    H    = Dec(Q, F)                                      1 layer, L learned emotion queries Q
-    s    = w . H_l + b                                    logits (B, L); Linear(d -> 1) shared
+    h_m  = LN(UniEnc_m(x_m))                              3 post-LN layers, 8 heads, FFN 1024, ReLU,
+                                                          then a final LayerNorm (eps 1e-5)
+    F    = LN(TriEnc([h_1 ; .. ; h_M]))                   3 layers over the concatenated sequences
+    H    = LN(Dec(Q, F))                                  1 layer, L learned emotion queries Q
+    s    = Drop_0.1(w . H_l + b),  p = sigmoid(s)         Linear(d -> 1) shared, dropout ON the logit
+  every parameter with more than one dimension (queries included) is xavier-uniform initialised.
   adversarial temporal masking (training):
-    a_m  = sigmoid(v_m . h_m)                              per-step scores, then GRL(lambda = 0.1)
-    M_m  = T_m * Gamma_m[:, 1]                             Sinkhorn top-k (k = 24, eps = 0.1, 100 it.)
-           Gamma_m = OT plan between the scores (mass 1/T each) and anchors {0, 1} with mass
-           {(T-k)/T, k/T}, cost (a - anchor)^2: a soft indicator of the k highest-scoring steps
-    s^   = the same network on (1 - M_m) * x_m             masked prediction
+    a_m  = GRL_0.1(sigmoid(v_m . h_m))                    per-step scores
+    M_m  = n_m * Gamma_m[:, 0]                            Sinkhorn top-k (k = 24, eps = 0.1, 100 it.)
+           Gamma_m = OT plan between the steps (mass 1/n each) and the anchors {0, 1} with mass
+           {k/n, (n-k)/n}, cost (a - anchor)^2 divided by its maximum: a soft indicator of the
+           k LOWEST-scored steps (the release's TopK_custom)
+    p^   = the same network on (1 - M_m) * x_m             masked prediction
   adversarial parameter perturbation (APP, FGM-style, training):
-    g    = d(ASL(s) + mask_weight ASL(s^)) / d theta_tri  per tensor of the tri-modal encoder
-    s~   = the network with theta_tri + eps g / ||g||      (eps = 1)
-Loss: asl = ASL(s, y); masked = mask_weight ASL(s^, y) (0.1); app = app_weight KL (1.0) with
-ASL(gamma- = 2, gamma+ = 1, clip 0.05) and KL = kl_div(log_softmax_L(s~), softmax_L(s).detach()).
+    g    = d(asl + masked) / d theta_tri                  per tensor of the tri-modal encoder
+    p~   = the network with theta_tri + eps g / ||g||      (eps = 1; skipped where ||g|| is 0 or NaN)
 
-Departures from the authors' code, and why:
-- APP inside `loss()`: the authors backpropagate, shift the parameters in place, run forward and
-  backward again, then restore. Here the gradient g comes from `torch.autograd.grad` and the
-  perturbed tri-modal encoder runs through `torch.func.functional_call` on theta + eps g/||g||
-  (g detached), so the KL gradient lands on theta exactly as after an in-place shift and
-  restore, and the model keeps the one-forward one-backward contract of the engine. The
-  perturbed pass reuses the clean unimodal features (only the tri-modal encoder is perturbed,
-  so they are the same up to dropout noise).
-- ASL is summed over labels and averaged over the batch (the ASL reference sums over both; the
-  spec does not say which AMP uses): the scale then does not depend on the batch size.
-- The KL direction follows the usual torch call written in the spec (kl_div of the noisy
-  log-softmax against the detached clean softmax), i.e. KL(P_clean || P_noisy) in math notation.
+Loss (the keys of `loss()`, each already weighted), all on PROBABILITIES as in the release:
+    asl     ASL(p, y)                                      the release's optimised ASL, eps 1e-5:
+            -mean over (sample, label) of [y (1-p)^g+ log p + (1-y) p_c^g- log(1-p_c)] x loss_scale
+            with p_c = max(p - clip, 0), gamma- = 2, gamma+ = 1, clip 0.05, loss_scale 1000
+    masked  mask_weight (0.1) * ASL(p^, y)
+    app     app_weight (1.0) * kl_div(log_softmax_L(p~), softmax_L(p).detach()), torch's default
+            reduction: the mean over all B x L elements (not `batchmean`)
+The ASL's x1000 and the KL's elementwise mean set the relative size of the three terms: the KL
+term is about 1e-4 of the ASL, as in the release.
+
+Recipe. `AMPConfig`'s defaults are the release's model; `configs/models/amp.yaml` holds
+mmerkit's training recipe and the `amp-authors` preset the release's (AdamW 5e-5, weight decay
+0.01, clip 1.0, batch 128, 10 epochs of warm-up, selection by validation Jaccard accuracy).
+mmerkit's recipe changes the optimisation only: AdamW at lr 5e-4 with 10% warm-up then cosine
+decay, batch 64 (12 epochs of the embedded data are then ~400 steps; at the release's batch 128
+and lr 5e-5 they are ~200 steps of warm-up, too few to leave the label prior). Why, on the
+validation split of the embedded data (`amp-small`, seed 2, `mmer train -m amp --config
+amp-small --seeds 2 --set optim.lr=LR --set train.batch_size=B`): at lr 1e-3 and batch 128 the
+model reaches the constant "predict happy" output by epoch 2 (valid micro-F1 0.498), at 3e-4
+and batch 64 it is still at 0.50 after 3 epochs; the release's architecture already starts
+input-dependent (xavier init), unlike TAILOR's, so only the step size and count were changed.
+
+Departures from the release, and why:
+- APP inside `loss()`: the release backpropagates, shifts the parameters in place, runs forward
+  and backward again, then restores. Here g comes from `torch.autograd.grad` and the perturbed
+  tri-modal encoder runs through `torch.func.functional_call` on theta + eps g/||g|| (g
+  detached), so the KL gradient lands on theta exactly as after an in-place shift and restore,
+  and the model keeps the engine's one-forward one-backward contract. The perturbed pass reuses
+  the clean unimodal features (only the tri-modal encoder is perturbed, so they are the same up
+  to dropout noise).
+- Sinkhorn: the release runs the iterations under no_grad and backpropagates through an implicit
+  gradient; here autograd runs through the (log-domain, batched) iterations, which gives the same
+  gradient once the iterations have converged. The cost's maximum is taken over the valid steps
+  of the batch (the release has no padding).
 - Padding and missing modalities: masks are honoured in every attention; the Sinkhorn marginals
   put mass only on valid steps, k is min(k, valid steps), and a missing modality gets mask 0.
 - The spec lists no position or modality-type embeddings, so none are added.
 - No modality_label_scores: the decoder's cross-attention weights are not exposed by torch's
   decoder layer.
-- Not here but elsewhere: AdamW, cosine schedule and model selection by validation Jaccard
-  accuracy are run-level settings (configs/models/amp.yaml, engine).
+- Model selection keeps the engine's rule (the last epoch among equal best scores; the release
+  keeps the first, strict `>`).
 """
 
 from __future__ import annotations
@@ -57,17 +80,25 @@ from mmerkit.data.store import DataSpec
 from mmerkit.models.base import MMERModel, ModelOutput, register_model
 from mmerkit.models.layers import grad_reverse
 
+LN_EPS_AMP = 1e-5  # the release passes layer_norm_eps = 1e-5 to every encoder and the decoder
+
 
 class AMPConfig(ModelConfig):
-    """AMP hyper-parameters; defaults are the authors' (spec §4)."""
+    """AMP hyper-parameters; defaults are the release's (spec §4, §4.1)."""
 
-    d_model: int = 512
-    heads: int = 8
-    ffn: int = 1024
-    uni_layers: int = 3
-    tri_layers: int = 3
-    dec_layers: int = 1
+    # names shared with the other models; the left-hand names are those of runs exported before
+    renamed_fields: ClassVar[dict[str, str]] = {
+        "d_model": "hidden_size", "heads": "num_heads", "ffn": "intermediate_size",
+        "uni_layers": "layers", "tri_layers": "fusion_layers", "dec_layers": "decoder_layers"}
+
+    hidden_size: int = 512
+    num_heads: int = 8
+    intermediate_size: int = 1024
+    layers: int = 3  # of each modality's encoder
+    fusion_layers: int = 3  # of the tri-modal encoder
+    decoder_layers: int = 1
     dropout: float = 0.1
+    head_dropout: float = 0.1  # on the label logit, after the Linear (the release's order)
     # adversarial temporal masking
     mask_k: int = 24
     sinkhorn_eps: float = 0.1
@@ -77,45 +108,65 @@ class AMPConfig(ModelConfig):
     # adversarial parameter perturbation
     app_eps: float = 1.0
     app_weight: float = 1.0
-    # asymmetric loss
+    # asymmetric loss (the release's optimised ASL on probabilities)
     gamma_neg: float = 2.0
     gamma_pos: float = 1.0
     clip: float = 0.05
+    asl_eps: float = 1e-5
+    loss_scale: float = 1000.0  # the release multiplies the per-(sample, label) mean by 1000
     threshold: float = 0.5
 
 
 def sinkhorn_topk(scores: Tensor, mask: Tensor, k: int, eps: float, iters: int) -> Tensor:
-    """Soft top-k indicator (Xie et al., 2020) in the log domain, batched.
+    """Soft indicator of the k LOWEST-scored valid steps (the release's TopK_custom), batched.
 
-    scores (B, T) in [0, 1]; mask (B, T) bool. Returns (B, T) in [0, 1], summing to min(k, n)
-    over the n valid steps of each row (0 for a row with no valid step).
+    scores (B, T) in [0, 1]; mask (B, T) bool. The cost (score - anchor)^2 against the anchors
+    {0, 1} is divided by its (detached) maximum over the batch's valid steps; the target
+    marginals are {k/n, (n-k)/n}; the result is n times the plan's mass on anchor 0. Returns
+    (B, T) in [0, 1], summing to min(k, n) over the n valid steps of each row (0 for a row with
+    no valid step).
     """
     n = mask.sum(1, keepdim=True).to(scores.dtype)  # (B, 1)
     kk = torch.minimum(torch.full_like(n, float(k)), n)
     safe_n = n.clamp_min(1.0)
     neg = -1e9
     log_mu = torch.where(mask, -torch.log(safe_n), torch.full_like(scores, neg))  # (B, T)
-    nu = torch.cat([(safe_n - kk) / safe_n, kk / safe_n], 1).clamp_min(1e-12)  # (B, 2)
+    nu = torch.cat([kk / safe_n, (safe_n - kk) / safe_n], 1).clamp_min(1e-12)  # (B, 2)
     log_nu = torch.log(nu)
     anchors = torch.tensor([0.0, 1.0], device=scores.device, dtype=scores.dtype)
-    log_k = -((scores[..., None] - anchors) ** 2) / eps  # (B, T, 2)
+    cost = (scores[..., None] - anchors) ** 2  # (B, T, 2)
+    top = cost.detach().masked_fill(~mask[..., None], 0.0).amax().clamp_min(1e-12)
+    log_k = -(cost / top) / eps
     log_u = torch.zeros_like(scores)
     log_v = torch.zeros_like(log_nu)
     for _ in range(iters):
         log_u = log_mu - torch.logsumexp(log_k + log_v[:, None, :], dim=2)
         log_v = log_nu - torch.logsumexp(log_k + log_u[:, :, None], dim=1)
-    plan_top = torch.exp(log_u + log_k[..., 1] + log_v[:, 1:])  # (B, T)
-    return (plan_top * n * mask).clamp(0.0, 1.0)
+    plan_low = torch.exp(log_u + log_k[..., 0] + log_v[:, :1])  # (B, T): mass on anchor 0
+    return (plan_low * n * mask).clamp(0.0, 1.0)
 
 
-def asymmetric_loss(logits: Tensor, y: Tensor, gamma_neg: float, gamma_pos: float,
-                    clip: float, eps: float = 1e-8) -> Tensor:
-    """ASL (Ridnik et al., 2021): sum over labels, mean over the batch."""
-    p = torch.sigmoid(logits)
-    p_neg = (p - clip).clamp_min(0.0) if clip > 0 else p  # probability shifting for negatives
-    pos = y * (1 - p).pow(gamma_pos) * torch.log(p.clamp_min(eps))
-    neg = (1 - y) * p_neg.pow(gamma_neg) * torch.log((1 - p_neg).clamp_min(eps))
-    return -(pos + neg).sum(-1).mean()
+def asymmetric_loss(probs: Tensor, y: Tensor, gamma_neg: float, gamma_pos: float, clip: float,
+                    eps: float = 1e-5, scale: float = 1000.0) -> Tensor:
+    """The release's optimised ASL (Ridnik et al., 2021) on probabilities: minus the mean over
+    (sample, label) of the focused log-likelihoods, times `scale`.
+
+    For y = 1: (1 - p)^gamma_pos log p; for y = 0: p_c^gamma_neg log(1 - p_c) with the shifted
+    probability p_c = max(p - clip, 0); logs of values clamped at `eps`.
+    """
+    p_neg = (1 - probs + clip).clamp(max=1.0) if clip > 0 else 1 - probs  # = 1 - p_c
+    log_lik = y * torch.log(probs.clamp(min=eps)) + (1 - y) * torch.log(p_neg.clamp(min=eps))
+    focus = (1 - probs * y - p_neg * (1 - y)).pow(gamma_pos * y + gamma_neg * (1 - y))
+    return -(log_lik * focus).mean() * scale
+
+
+def consistency_kl(noisy_probs: Tensor, clean_probs: Tensor) -> Tensor:
+    """The release's APP term: kl_div(log_softmax(noisy), softmax(clean).detach()) over the label
+    axis of the probabilities, torch's default elementwise-mean reduction."""
+    # torch's reduction="mean" (the release's default), written out: torch warns that "mean"
+    # will come to mean "batchmean"
+    kl = F.kl_div(F.log_softmax(noisy_probs, -1), F.softmax(clean_probs, -1).detach(), reduction="sum")
+    return kl / noisy_probs.numel()
 
 
 def _padding(mask: Tensor) -> Tensor:
@@ -130,34 +181,42 @@ class AMP(MMERModel):
     """AMP for any DataSpec with M >= 1 modalities (see the module docstring)."""
 
     config: AMPConfig
-    test_params: ClassVar[dict] = {"d_model": 16, "heads": 2, "ffn": 32, "uni_layers": 1,
-                                   "tri_layers": 1, "dropout": 0.0, "mask_k": 3,
-                                   "sinkhorn_iters": 20}
+    test_params: ClassVar[dict] = {"hidden_size": 16, "num_heads": 2, "intermediate_size": 32,
+                                   "layers": 1, "fusion_layers": 1, "dropout": 0.0,
+                                   "head_dropout": 0.0, "mask_k": 3, "sinkhorn_iters": 20}
 
     def __init__(self, config: AMPConfig, spec: DataSpec):
         super().__init__(config, spec)
-        c, d = config, config.d_model
+        c, d = config, config.hidden_size
         self.mods = spec.modality_names
 
         def enc(layers: int) -> nn.TransformerEncoder:
-            layer = nn.TransformerEncoderLayer(d, c.heads, c.ffn, c.dropout, batch_first=True)
-            return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            layer = nn.TransformerEncoderLayer(d, c.num_heads, c.intermediate_size, c.dropout,
+                                               layer_norm_eps=LN_EPS_AMP, batch_first=True)
+            return nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d, eps=LN_EPS_AMP),
+                                         enable_nested_tensor=False)
 
-        self.proj = nn.ModuleDict({m: nn.Sequential(nn.Linear(dim, d), nn.LayerNorm(d),
+        self.proj = nn.ModuleDict({m: nn.Sequential(nn.Linear(dim, d), nn.LayerNorm(d, eps=LN_EPS_AMP),
                                                     nn.Dropout(c.dropout))
                                    for m, dim in spec.modalities.items()})
-        self.uni = nn.ModuleDict({m: enc(c.uni_layers) for m in self.mods})
-        self.tri = enc(c.tri_layers)
-        dec = nn.TransformerDecoderLayer(d, c.heads, c.ffn, c.dropout, batch_first=True)
-        self.decoder = nn.TransformerDecoder(dec, c.dec_layers)
-        self.queries = nn.Parameter(torch.randn(spec.num_labels, d) * 0.02)
+        self.uni = nn.ModuleDict({m: enc(c.layers) for m in self.mods})
+        self.tri = enc(c.fusion_layers)
+        dec = nn.TransformerDecoderLayer(d, c.num_heads, c.intermediate_size, c.dropout,
+                                         layer_norm_eps=LN_EPS_AMP, batch_first=True)
+        self.decoder = nn.TransformerDecoder(dec, c.decoder_layers, norm=nn.LayerNorm(d, eps=LN_EPS_AMP))
+        self.queries = nn.Parameter(torch.empty(spec.num_labels, d))
         self.head = nn.Linear(d, 1)
+        self.head_drop = nn.Dropout(c.head_dropout)
         self.scorers = nn.ModuleDict({m: nn.Linear(d, 1) for m in self.mods})
+        for p in self.parameters():  # the release: xavier-uniform for every matrix, after building
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
 
     def _unimodal(self, xs: dict[str, Tensor], masks: dict[str, Tensor]) -> list[Tensor]:
         return [self.uni[m](xs[m], src_key_padding_mask=_padding(masks[m])) for m in self.mods]
 
-    def _head(self, hs: list[Tensor], mask: Tensor, tri_params: dict | None = None) -> Tensor:
+    def _head(self, hs: list[Tensor], mask: Tensor, tri_params: dict | None = None) -> tuple[Tensor, Tensor]:
+        """Label logits (B, L) (dropout already applied, as in the release) and the decoder states."""
         x, pad = torch.cat(hs, 1), _padding(mask)
         if tri_params is None:
             f = self.tri(x, src_key_padding_mask=pad)
@@ -165,7 +224,7 @@ class AMP(MMERModel):
             f = functional_call(self.tri, tri_params, (x,), {"src_key_padding_mask": pad})
         q = self.queries.expand(x.shape[0], -1, -1)
         h = self.decoder(q, f, memory_key_padding_mask=pad)
-        return self.head(h).squeeze(-1), h
+        return self.head_drop(self.head(h)).squeeze(-1), h
 
     def forward(self, batch: Batch) -> ModelOutput:
         c = self.config
@@ -181,28 +240,30 @@ class AMP(MMERModel):
                 score = grad_reverse(torch.sigmoid(self.scorers[m](hm).squeeze(-1)), c.grl_lambda)
                 soft[m] = sinkhorn_topk(score, masks[m], c.mask_k, c.sinkhorn_eps, c.sinkhorn_iters)
             masked = {m: (1 - soft[m][..., None]) * xs[m] for m in self.mods}
-            aux["masked_logits"], _ = self._head(self._unimodal(masked, masks), joint)
+            masked_logits, _ = self._head(self._unimodal(masked, masks), joint)
+            aux["masked_probs"] = torch.sigmoid(masked_logits)
             aux["soft_masks"] = soft
         return ModelOutput(logits=logits, probs=torch.sigmoid(logits), features={"queries": h},
                            aux=aux)
 
-    def _asl(self, logits: Tensor, y: Tensor) -> Tensor:
+    def asl(self, probs: Tensor, y: Tensor) -> Tensor:
+        """The configured asymmetric loss of probabilities `probs` against labels `y`."""
         c = self.config
-        return asymmetric_loss(logits, y, c.gamma_neg, c.gamma_pos, c.clip)
+        return asymmetric_loss(probs, y, c.gamma_neg, c.gamma_pos, c.clip, c.asl_eps, c.loss_scale)
 
     def loss(self, out: ModelOutput, batch: Batch) -> dict[str, Tensor]:
         c, y = self.config, batch.labels
-        terms = {"asl": self._asl(out.logits, y)}
-        if "masked_logits" in out.aux:
-            terms["masked"] = c.mask_weight * self._asl(out.aux["masked_logits"], y)
+        terms = {"asl": self.asl(out.probs, y)}
+        if "masked_probs" in out.aux:
+            terms["masked"] = c.mask_weight * self.asl(out.aux["masked_probs"], y)
         if self.training and c.app_weight and torch.is_grad_enabled():
             terms["app"] = c.app_weight * self._app(out, sum(terms.values()))
         terms["total"] = sum(terms.values())
         return terms
 
-    def _app(self, out: ModelOutput, base: Tensor) -> Tensor:
-        """KL between the prediction with the tri-modal encoder shifted along its normalised
-        gradient and the (detached) clean prediction."""
+    def perturbed_tri_params(self, base: Tensor) -> dict[str, Tensor]:
+        """The tri-modal encoder's parameters shifted by app_eps * g / ||g|| per tensor, g the
+        gradient of `base`; tensors whose gradient is absent, 0 or not finite stay put."""
         names, params = zip(*[(n, p) for n, p in self.tri.named_parameters() if p.requires_grad],
                             strict=True)
         grads = torch.autograd.grad(base, params, retain_graph=True, allow_unused=True)
@@ -212,9 +273,13 @@ class AMP(MMERModel):
                 shifted[n] = p
                 continue
             norm = g.norm()
-            step = torch.where(torch.isfinite(norm) & (norm > 0), self.config.app_eps / norm.clamp_min(1e-12),
-                               torch.zeros_like(norm))
-            shifted[n] = p + step * g.detach()
-        noisy, _ = self._head(out.aux["hs"], out.aux["joint"], shifted)
-        return F.kl_div(F.log_softmax(noisy, -1), F.softmax(out.logits, -1).detach(),
-                        reduction="batchmean")
+            step = torch.where(torch.isfinite(norm) & (norm > 0),
+                               self.config.app_eps / norm.clamp_min(1e-12), torch.zeros_like(norm))
+            shifted[n] = p + torch.nan_to_num(step * g.detach())
+        return shifted
+
+    def _app(self, out: ModelOutput, base: Tensor) -> Tensor:
+        """KL between the prediction with the tri-modal encoder shifted along its normalised
+        gradient and the (detached) clean prediction, both as probabilities."""
+        noisy, _ = self._head(out.aux["hs"], out.aux["joint"], self.perturbed_tri_params(base))
+        return consistency_kl(torch.sigmoid(noisy), out.probs)

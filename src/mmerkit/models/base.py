@@ -5,17 +5,23 @@ A model is an `nn.Module` built from its own pydantic config and a `DataSpec`:
     forward(batch)  -> ModelOutput             # probs (B, L) are what predictions threshold
     loss(out, batch) -> {"name": term, ..., "total": weighted sum}
     on_train_batch_end(out, batch, gather)     # state updates (queues, prototypes) after a step
+    fit_closed_form(data) -> {name: number}    # only models with closed_form = True (BR/CC/LP)
 
 `gather` is the engine's all-gather (concatenates a tensor from every rank along dim 0, in rank
 order; the identity on one process), so stateful models stay identical on every GPU.
 
-Register a model with `@register_model("name", paper=..., year=...)`; the tests loop over
-`list_models()`, so a new model gets forward/backward/overfit/export tests for free.
+How a model is trained is part of the contract, so the engine knows no model's internals:
+`closed_form = False` (every neural model): the engine runs epochs of `loss` and backward;
+`closed_form = True`: the engine calls `fit_closed_form(SplitData)` once; the model reads the
+whole splits it needs through `SplitData.read` (the engine's loader, gathered over processes).
+
+Register a model with `@register_model("name", paper=..., year=..., config=...)`; the tests loop
+over `list_models()`, so a new model gets forward/backward/overfit/export tests for free.
 
 Example:
     >>> from mmerkit.data.store import DataSpec
     >>> spec = DataSpec(("happy", "sad"), {"text": 8, "audio": 4})
-    >>> model = create_model("early_fusion", spec, {"hidden": 16, "layers": 1})
+    >>> model = create_model("early_fusion", spec, model_class("early_fusion").test_params)
     >>> type(model).__name__
     'EarlyFusionTransformer'
 """
@@ -26,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -46,6 +53,23 @@ class ModelOutput:
     aux: dict[str, Any] = field(default_factory=dict)  # anything loss() needs from forward()
 
 
+@dataclass
+class SplitData:
+    """Whole splits for a model fitted in one call (`MMERModel.fit_closed_form`).
+
+    `read(split, fn)` applies `fn` (Batch -> (B, ...) tensor) to every batch of the split, read
+    by the engine's loader, and returns the (N, ...) rows in split order on every process.
+    """
+
+    read: Callable[[str, Callable[[Batch], Tensor]], np.ndarray]
+    seed: int = 0
+    select_metric: str = "micro_f1"  # what validation-based choices maximise (train.select_metric)
+
+    def labels(self, split: str) -> np.ndarray:
+        """(N, L) uint8 multi-hot labels of a split."""
+        return (self.read(split, lambda b: b.labels) > 0.5).astype(np.uint8)
+
+
 class MMERModel(nn.Module):
     """Base class: subclasses set `config_class`, build layers in `__init__`, implement forward/loss."""
 
@@ -56,8 +80,8 @@ class MMERModel(nn.Module):
     year: ClassVar[int] = 0
     # a tiny config for the registry-wide tests (fast on CPU); every model sets its own
     test_params: ClassVar[dict[str, Any]] = {}
-    # True: fitted once in closed form by `fit_arrays(X, Y, seed)` on pooled train features
-    # (the classic BR / CC / LP models), not by gradient steps; the engine branches on it
+    # False: trained by gradient steps (the engine's epochs of `loss`); True: fitted once by
+    # `fit_closed_form` (the classic BR / CC / LP)
     closed_form: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
@@ -79,6 +103,12 @@ class MMERModel(nn.Module):
 
     def on_train_batch_end(self, out: ModelOutput, batch: Batch, gather: Gather) -> None:
         """Hook for state that changes after each optimiser step (queues, prototypes)."""
+
+    def fit_closed_form(self, data: SplitData) -> dict[str, float]:
+        """Models with `closed_form = True` fit themselves here, once, on whole splits (`data`);
+        validation may choose hyper-parameters. Returns numbers to log with the fit (e.g. the
+        chosen C). Gradient-trained models never get this call."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps (closed_form = False)")
 
     def adapt_to_state(self, state: dict[str, Tensor]) -> None:
         """Called before a saved state is loaded: resize buffers whose size the fitted data
@@ -133,10 +163,6 @@ def create_model(name: str, spec: DataSpec, params: dict | None = None) -> MMERM
     """Build a registered model; unknown config keys fail with a did-you-mean message."""
     cfg = build_model_config(name, params)
     return model_class(name)(cfg, spec)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @torch.no_grad()

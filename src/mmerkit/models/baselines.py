@@ -20,6 +20,7 @@ modality, a self-attention stage per target, last-step pooling and a residual ML
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +35,15 @@ from mmerkit.models.layers import TransformerEncoder, attention_mask, input_norm
 
 
 class EarlyFusionConfig(ModelConfig):
-    hidden: int = 128
+    """Early fusion's width and depth (the shared names of every model; old names still load)."""
+
+    renamed_fields: ClassVar[dict[str, str]] = {"hidden": "hidden_size", "heads": "num_heads",
+                                                "ffn": "intermediate_size"}
+
+    hidden_size: int = 128
     layers: int = 2
-    heads: int = 4
-    ffn: int = 256
+    num_heads: int = 4
+    intermediate_size: int = 256
     dropout: float = 0.1
     max_len: int = 512
     threshold: float = 0.5
@@ -57,17 +63,17 @@ def masked_mean_max(x: Tensor, mask: Tensor) -> Tensor:
 @register_model("early_fusion", paper="Early-fusion transformer baseline (tokens of all modalities "
                 "in one encoder)", year=2017, config=EarlyFusionConfig)
 class EarlyFusionTransformer(MMERModel):
-    test_params = {"hidden": 16, "layers": 1, "ffn": 32, "heads": 2, "dropout": 0.0}
+    test_params = {"hidden_size": 16, "layers": 1, "intermediate_size": 32, "num_heads": 2, "dropout": 0.0}
 
     def __init__(self, config: EarlyFusionConfig, spec: DataSpec):
         super().__init__(config, spec)
-        h = config.hidden
+        h = config.hidden_size
         self.norms = nn.ModuleDict({m: nn.LayerNorm(d) for m, d in spec.modalities.items()})
         self.proj = nn.ModuleDict({m: nn.Linear(d, h) for m, d in spec.modalities.items()})
         self.modality_emb = nn.Parameter(torch.randn(len(spec.modalities), h) * 0.02)
         max_len = max([config.max_len, *spec.max_len.values()])
         self.pos_emb = nn.Embedding(max_len, h)
-        layer = nn.TransformerEncoderLayer(h, config.heads, config.ffn, config.dropout,
+        layer = nn.TransformerEncoderLayer(h, config.num_heads, config.intermediate_size, config.dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(2 * h), nn.Dropout(config.dropout),
@@ -111,15 +117,15 @@ class LateFusionConfig(EarlyFusionConfig):
                 "modality, logits averaged over the present modalities)", year=2017,
                 config=LateFusionConfig)
 class LateFusion(MMERModel):
-    test_params = {"hidden": 16, "layers": 1, "ffn": 32, "heads": 2, "dropout": 0.0}
+    test_params = {"hidden_size": 16, "layers": 1, "intermediate_size": 32, "num_heads": 2, "dropout": 0.0}
 
     def __init__(self, config: LateFusionConfig, spec: DataSpec):
         super().__init__(config, spec)
-        c, h = config, config.hidden
+        c, h = config, config.hidden_size
         max_len = max([c.max_len, *spec.max_len.values()])
         self.norms = nn.ModuleDict({m: input_norm(d) for m, d in spec.modalities.items()})
         self.encoders = nn.ModuleDict({
-            m: TransformerEncoder(d, h, c.layers, c.heads, c.ffn, c.dropout, max_len)
+            m: TransformerEncoder(d, h, c.layers, c.num_heads, c.intermediate_size, c.dropout, max_len)
             for m, d in spec.modalities.items()})
         self.heads = nn.ModuleDict({
             m: nn.Sequential(nn.LayerNorm(2 * h), nn.Dropout(c.dropout), nn.Linear(2 * h, spec.num_labels))
@@ -232,8 +238,10 @@ class CrossModalStack(nn.Module):
 class MulTConfig(ModelConfig):
     """MulT's published defaults (its main.py / models.py); BCE replaces its L1 loss."""
 
-    hidden: int = 30  # d per modality
-    heads: int = 5
+    renamed_fields: ClassVar[dict[str, str]] = {"hidden": "hidden_size", "heads": "num_heads"}
+
+    hidden_size: int = 30  # d per modality
+    num_heads: int = 5
     layers: int = 5  # nlevels
     kernel_size: int = 1
     attn_dropout: float = 0.1  # text target; audio/visual targets use attn_dropout_other
@@ -246,8 +254,8 @@ class MulTConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check(self) -> MulTConfig:
-        if self.hidden % self.heads:
-            raise ValueError(f"hidden {self.hidden} must be divisible by heads {self.heads}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (keeps every step), got {self.kernel_size}")
         return self
@@ -256,12 +264,12 @@ class MulTConfig(ModelConfig):
 @register_model("mult", paper="MulT: Multimodal Transformer for Unaligned Multimodal Language "
                 "Sequences (Tsai et al., ACL 2019)", year=2019, config=MulTConfig)
 class MulT(MMERModel):
-    test_params = {"hidden": 16, "heads": 2, "layers": 1, "attn_dropout": 0.0, "relu_dropout": 0.0,
+    test_params = {"hidden_size": 16, "num_heads": 2, "layers": 1, "attn_dropout": 0.0, "relu_dropout": 0.0,
                    "res_dropout": 0.0, "embed_dropout": 0.0}
 
     def __init__(self, config: MulTConfig, spec: DataSpec):
         super().__init__(config, spec)
-        c, d = config, config.hidden
+        c, d = config, config.hidden_size
         self.mods = spec.modality_names
         M = len(self.mods)
         self.proj = nn.ModuleDict({m: nn.Conv1d(dim, d, c.kernel_size, padding=(c.kernel_size - 1) // 2,
@@ -269,13 +277,13 @@ class MulT(MMERModel):
         self.embed_drop = nn.Dropout(c.embed_dropout)
         # cross[a][b] = CM_{b->a}; an order-preserving list of the other modalities per target
         self.cross = nn.ModuleDict({
-            a: nn.ModuleDict({b: CrossModalStack(d, c.layers, c.heads, self._attn_drop(i),
+            a: nn.ModuleDict({b: CrossModalStack(d, c.layers, c.num_heads, self._attn_drop(i),
                                                  c.relu_dropout, c.res_dropout)
                               for b in self.mods if b != a})
             for i, a in enumerate(self.mods)} if M > 1 else {})
         width = d * max(M - 1, 1)
         self.memory = nn.ModuleDict({
-            a: CrossModalStack(width, max(c.layers, 3), c.heads, self._attn_drop(i),
+            a: CrossModalStack(width, max(c.layers, 3), c.num_heads, self._attn_drop(i),
                                c.relu_dropout, c.res_dropout) for i, a in enumerate(self.mods)})
         self.proj1, self.proj2 = nn.Linear(M * width, M * width), nn.Linear(M * width, M * width)
         self.out_drop = nn.Dropout(c.out_dropout)
@@ -285,7 +293,7 @@ class MulT(MMERModel):
         return self.config.attn_dropout if i == 0 else self.config.attn_dropout_other
 
     def _embed(self, x: Tensor, m: str) -> Tensor:
-        d = self.config.hidden
+        d = self.config.hidden_size
         if m == self.mods[0]:
             x = self.embed_drop(x)
         e = self.proj[m](x.float().transpose(1, 2)).transpose(1, 2)[:, : x.shape[1]]

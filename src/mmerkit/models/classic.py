@@ -27,9 +27,15 @@ Base estimator: scikit-learn's LogisticRegression (L2, lbfgs, `C`, `max_iter`).
 How they fit into the toolkit. Each is an `MMERModel` (`closed_form = True`) whose forward pools
 a Batch and evaluates the fitted classifier in torch, so data loading, padding, masks, missing
 modalities, metrics, thresholds, runs, `mmer eval`, `mmer predict` and the plots are the same
-code as for the neural models. The engine, seeing `closed_form`, reads the whole train split
-once through the usual loader, calls `fit_arrays(X, Y, seed)` instead of running epochs, then
+code as for the neural models. The engine calls the contract's `fit_closed_form(data)` instead
+of running epochs: the model reads the pooled features of the whole train and valid splits
+through the engine's loader (`data.read`), chooses C on validation and fits; the engine then
 validates, picks the threshold on validation and tests exactly as for a neural model.
+
+Choosing C. With `C: null` (the default) every C of `C_grid` is fitted on train and scored on
+validation by `train.select_metric` (micro-F1) at the model's threshold; the best wins (ties: the
+smaller C, i.e. the stronger regularisation). The chosen C is logged in metrics.csv (column "fit/C")
+and printed. A number fixes C (e.g. `--set model.C=1.0`, scikit-learn's default).
 
 Decisions:
 - The fitted parameters live in float64 buffers (coefficients, intercepts, mu/sigma, the chain
@@ -67,12 +73,14 @@ from torch import Tensor
 from mmerkit.config import ModelConfig
 from mmerkit.data.batch import Batch
 from mmerkit.data.store import DataSpec
-from mmerkit.models.base import MMERModel, ModelOutput, register_model
+from mmerkit.models.base import MMERModel, ModelOutput, SplitData, register_model
 from mmerkit.models.baselines import masked_mean_max
 
 
 class ClassicConfig(ModelConfig):
-    C: float = Field(1.0, gt=0)  # inverse L2 strength of every LogisticRegression
+    C: float | None = Field(None, gt=0)  # inverse L2 strength; None: chosen on validation from C_grid
+    # BR, CC and LP chose C = 0.01 on the embedded data (seed 1): the grid has a value on each side
+    C_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
     max_iter: int = Field(1000, ge=1)
     standardize: bool = True  # z-score the pooled features with train statistics
     threshold: float = 0.5
@@ -149,12 +157,45 @@ class ClassicModel(MMERModel):
         return torch.stack([torch.einsum("bd,bld->bl", z[:, s], w[:, :, s]) for s in self.blocks], 1)
 
     # -- fitting
-    def fit_arrays(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> ClassicModel:
-        """Fit on pooled features `x` (N, D) (see `pooled_features`) and multi-hot `y` (N, L).
+    def fit_closed_form(self, data: SplitData) -> dict[str, float]:
+        """The contract's fitting hook: pooled features of train (and valid, to choose C)."""
+        x, y = data.read("train", self.pooled_features), data.labels("train")
+        if self.config.C is not None:
+            self.fit_arrays(x, y, seed=data.seed)
+            return {"C": float(self.config.C)}
+        return self.fit_choosing_C(x, y, data.read("valid", self.pooled_features), data.labels("valid"),
+                                   seed=data.seed, metric=data.select_metric)
+
+    def fit_choosing_C(self, x: np.ndarray, y: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
+                       seed: int = 0, metric: str = "micro_f1") -> dict[str, float]:
+        """Fit once per C of `C_grid` and keep the fit with the best validation `metric`
+        (ties: the smaller C). Returns {"C": chosen, "valid_<metric>": its score}."""
+        from mmerkit.metrics import HIGHER_IS_BETTER, binarize, compute_metrics
+
+        sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
+        best: tuple[float, float, dict] | None = None
+        for C in sorted(self.config.C_grid):
+            self.fit_arrays(x, y, seed=seed, C=C)
+            with torch.no_grad():
+                z = (torch.as_tensor(np.asarray(x_valid), dtype=torch.float64, device=self.mean.device)
+                     - self.mean) / self.scale
+                probs = self._predict(z)[0].float().cpu().numpy()
+            score = compute_metrics(y_valid, binarize(probs, self.threshold))[metric]
+            if best is None or sign * score > sign * best[1]:
+                best = (C, score, {k: v.clone() for k, v in self.state_dict().items()})
+        C, score, state = best
+        self.load_state_dict(state)  # LP's K label sets come from train: the same for every C
+        return {"C": float(C), f"valid_{metric}": float(score)}
+
+    def fit_arrays(self, x: np.ndarray, y: np.ndarray, seed: int = 0, C: float | None = None) -> ClassicModel:
+        """Fit on pooled features `x` (N, D) (see `pooled_features`) and multi-hot `y` (N, L)
+        with one C: `C`, else `config.C`, else 1.0 (scikit-learn's default; choosing C needs
+        validation data: `fit_choosing_C`).
 
         Example:
             >>> model.fit_arrays(model.pooled_features(batch), batch.labels)   # doctest: +SKIP
         """
+        self._C = float(C if C is not None else self.config.C if self.config.C is not None else 1.0)
         x = np.asarray(x.cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
         y = (np.asarray(y.cpu() if isinstance(y, Tensor) else y) > 0.5).astype(np.int64)
         if x.ndim != 2 or x.shape[1] != self.num_features or y.shape != (len(x), self.spec.num_labels):
@@ -216,7 +257,7 @@ class BinaryRelevance(ClassicModel):
     def _fit(self, z: np.ndarray, y: np.ndarray, seed: int) -> None:
         coef, intercept = np.zeros((y.shape[1], z.shape[1])), np.zeros(y.shape[1])
         for j in range(y.shape[1]):
-            clf = logistic_regression(self.config.C, self.config.max_iter).fit(z, y[:, j])
+            clf = logistic_regression(self._C, self.config.max_iter).fit(z, y[:, j])
             coef[j], intercept[j] = clf.coef_[0], clf.intercept_[0]
         self._set("coef", coef)
         self._set("intercept", intercept)
@@ -244,7 +285,7 @@ class ClassifierChainModel(ClassicModel):
         from sklearn.multioutput import ClassifierChain
 
         order = "random" if self.config.order == "random" else None
-        chain = ClassifierChain(logistic_regression(self.config.C, self.config.max_iter),
+        chain = ClassifierChain(logistic_regression(self._C, self.config.max_iter),
                                 order=order, random_state=seed).fit(z, y)
         L, D = y.shape[1], z.shape[1]
         coef, intercept = np.zeros((L, D + L - 1)), np.zeros(L)
@@ -290,10 +331,10 @@ class LabelPowerset(ClassicModel):
         K = len(sets)
         coef, intercept = np.zeros((K, z.shape[1])), np.zeros(K)
         if K == 2:  # sklearn fits a binary model: softmax([0, s]) = [1 - sigmoid(s), sigmoid(s)]
-            clf = logistic_regression(self.config.C, self.config.max_iter).fit(z, codes)
+            clf = logistic_regression(self._C, self.config.max_iter).fit(z, codes)
             coef[1], intercept[1] = clf.coef_[0], clf.intercept_[0]
         elif K > 2:
-            clf = logistic_regression(self.config.C, self.config.max_iter).fit(z, codes)
+            clf = logistic_regression(self._C, self.config.max_iter).fit(z, codes)
             coef, intercept = clf.coef_, clf.intercept_
         self._set("label_sets", sets.astype(np.float64))
         self._set("coef", coef)

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -185,9 +187,13 @@ class SoftAligner(nn.Module):
         return weights.transpose(1, 2) @ x, scores
 
     @staticmethod
-    def ctc_loss(scores: Tensor, in_lengths: Tensor, t_out: int) -> Tensor:
+    def ctc_loss(scores: Tensor, in_lengths: Tensor, t_out: int,
+                 reduction: Literal["sum", "mean"] = "mean") -> Tensor:
         """CTCLoss(blank=0) of the frame scores against the target sequence 1..t_out.
 
+        reduction "sum": the sum over samples of each one's negative log-likelihood (warp-ctc's
+        default, which TAILOR's release uses); "mean": torch's default, each sample's value
+        divided by its target length, then averaged over the samples.
         Samples with no valid frame are skipped; infeasible ones (fewer frames than targets) are
         zeroed by zero_infinity. Returns a scalar (0 when nothing is left).
         """
@@ -199,7 +205,7 @@ class SoftAligner(nn.Module):
         targets = torch.arange(1, t_out + 1, device=scores.device).expand(n, t_out)
         tgt_len = torch.full((n,), t_out, dtype=torch.long, device=scores.device)
         return F.ctc_loss(logp, targets, in_lengths[keep].long(), tgt_len, blank=0,
-                          reduction="mean", zero_infinity=True)
+                          reduction=reduction, zero_infinity=True)
 
 
 class _GradReverse(torch.autograd.Function):

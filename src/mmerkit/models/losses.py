@@ -48,11 +48,6 @@ def _workspace(slot: int, rows: int, cols: int, like: Tensor) -> Tensor:
     return buf[: rows * cols].view(rows, cols)
 
 
-def free_workspace() -> None:
-    """Release the contrastive loss's scratch buffers."""
-    _WORKSPACE.clear()
-
-
 class _LogNormaliser(torch.autograd.Function):
     """r_i = m_i + log(sum_{k != i} exp(l_ik - m_i) + eps), l = F F^T / tau, for anchors i < A.
 

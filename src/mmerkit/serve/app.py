@@ -1,0 +1,413 @@
+"""The FastAPI app: routes, the bearer-token and body-size guard, and error bodies.
+
+Request flow: guard (token, size) -> parse and validate (JSON, .npz or multipart media) ->
+media only: probe, then extract in a worker process -> batching queue -> one model call ->
+`{"predictions": [...]}`. Every error leaves as `{"error": {status, field, message, fix}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mmerkit.errors import ConfigError
+from mmerkit.serve.batching import MicroBatcher, QueueFull
+from mmerkit.serve.card import media_config, model_card
+from mmerkit.serve.errors import RequestError, error_body
+from mmerkit.serve.inputs import Sample, as_steps, check_sample, parse_json_body, parse_npz
+from mmerkit.serve.media import (
+    Featurizer,
+    MediaWorkers,
+    Upload,
+    UploadDir,
+    default_featurizer,
+    describe_unknown,
+    probe_media,
+    read_multipart,
+    sniff,
+)
+from mmerkit.serve.model import ServedModel
+from mmerkit.serve.schemas import ERRORS, PredictResponse
+from mmerkit.serve.settings import ServeSettings
+
+log = logging.getLogger("mmerkit.serve")
+
+OPEN_PATHS = {"/healthz"}  # the only path without the token: load balancers probe it
+BROWSER_PATHS = {"/", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
+
+PREDICT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"type": "object", "properties": {"samples": {
+            "type": "array", "items": {"type": "object", "additionalProperties": {
+                "type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                "description": "modality -> T x D steps (null or [] if missing); optional id"}}}},
+            "example": {"samples": [{"id": "clip1", "text": [[0.1, 0.2]], "audio": None}]}},
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+            "file": {"type": "string", "format": "binary", "description": "video/audio clip, or an .npz of features"},
+            "transcript": {"type": "string", "description": "what is said (else speech recognition)"},
+            "id": {"type": "string"}}}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                "description": ".npz: <modality> (N,T,D), <modality>_len (N,), ids (N,)"}},
+    },
+}
+
+
+def create_app(export_dir: str | Path, settings: ServeSettings | None = None, *,
+               featurizer: Featurizer | None = None, model: ServedModel | None = None) -> FastAPI:
+    """The HTTP app serving one export. `featurizer(path, transcript, extractor_config)` turns a
+    clip into `{modality: (T, D)}` (default: the export's own extractors, in worker processes).
+
+    Example:
+        >>> app = create_app("runs/carat_synthetic_seed1/export", ServeSettings(token="s3cret"))  # doctest: +SKIP
+        >>> import uvicorn; uvicorn.run(app, host="127.0.0.1", port=8000)                         # doctest: +SKIP
+    """
+    settings = settings or ServeSettings()
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
+    served = model or ServedModel.load(export_dir, settings.device, settings.max_steps, settings.max_samples)
+    extractors = media_config(served.predictor.meta)
+    state = _State(settings, served, extractors, featurizer or default_featurizer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.media.warm_up()
+        yield
+        await state.close()
+
+    offline_docs = _swagger_assets()
+    app = FastAPI(title="mmerkit", version=str(served.predictor.meta.get("mmerkit_version", "")),
+                  docs_url=None if offline_docs else "/docs", redoc_url=None,
+                  description=f"Multi-label emotion recognition with the `{served.predictor.meta.get('model_name')}` "
+                              "model. Send features (JSON or .npz) or a clip to POST /v1/predict.",
+                  lifespan=lifespan)
+    app.state.serve = state
+    _add_error_handlers(app)
+    _add_routes(app, state)
+    if offline_docs:
+        _add_offline_docs(app, offline_docs)
+    app.add_middleware(GuardMiddleware, token=settings.resolved_token(),
+                       max_bytes=int(settings.max_upload_mb * 1024 * 1024))
+    return app
+
+
+class _State:
+    """Everything the routes share: settings, model, batcher, upload directory, workers."""
+
+    def __init__(self, settings: ServeSettings, served: ServedModel, extractors: dict | None, featurizer: Featurizer):
+        self.settings, self.model, self.extractors = settings, served, extractors
+        self.batcher = MicroBatcher(served.predict, max_batch=settings.max_batch if settings.batching else 1,
+                                    window_s=settings.batch_window_ms / 1000.0, max_queue=settings.max_queue,
+                                    enabled=settings.batching)
+        self.media = MediaWorkers(featurizer, extractors, settings.media_workers, settings.max_media_queue)
+        self._uploads: UploadDir | None = None
+        self.examples = load_examples(settings.examples, served, settings.max_examples)
+        self.card = model_card(served.predictor.meta, served.export_dir, served.input_spec, served.thresholds,
+                               limits=self.limits())
+
+    @property
+    def uploads(self) -> UploadDir:
+        if self._uploads is None:
+            self._uploads = UploadDir()
+        return self._uploads
+
+    def limits(self) -> dict[str, Any]:
+        s = self.settings
+        return {"max_upload_mb": s.max_upload_mb, "max_media_seconds": s.max_media_seconds,
+                "max_samples_per_request": s.max_samples, "max_transcript_chars": s.max_transcript_chars,
+                "batching": s.batching, "max_batch": s.max_batch, "batch_window_ms": s.batch_window_ms,
+                "max_queue": s.max_queue, "batches_mix_lengths": self.model.padding_invariant}
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self.media.close()
+        if self._uploads is not None:
+            self._uploads.cleanup()
+            self._uploads = None
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+def _add_routes(app: FastAPI, state: _State) -> None:
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: 200 while the server runs (no token needed)."""
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(page_html(), headers={"Cache-Control": "no-store"})
+
+    @app.get("/v1/model", tags=["model"])
+    async def model_info() -> dict[str, Any]:
+        """The export's card: model, labels, thresholds, modalities, extractors, data, metrics."""
+        return state.card
+
+    @app.get("/v1/stats", tags=["service"])
+    async def stats() -> dict[str, Any]:
+        """Requests, model calls and batch sizes since start; clips in extraction."""
+        return {**state.batcher.stats.as_dict(), "media_in_flight": state.media.in_flight}
+
+    @app.get("/v1/examples", tags=["model"])
+    async def examples() -> dict[str, Any]:
+        """Samples the server offers to try (from `--examples STORE`), by index."""
+        return {"examples": [{"index": i, "id": s.id} for i, s in enumerate(state.examples)]}
+
+    @app.get("/v1/examples/{index}", tags=["model"])
+    async def example(index: int) -> dict[str, Any]:
+        """One example as a ready-made JSON feature request."""
+        if not 0 <= index < len(state.examples):
+            raise RequestError(404, "index", f"no example {index}; there are {len(state.examples)}",
+                               "list them with GET /v1/examples")
+        s = state.examples[index]
+        return {"samples": [{"id": s.id, **{m: x.tolist() for m, x in s.features.items()}}]}
+
+    @app.post("/v1/predict", tags=["model"], openapi_extra={"requestBody": PREDICT_BODY},
+              responses={200: {"model": PredictResponse}, **ERRORS})
+    async def predict(request: Request) -> JSONResponse:
+        """Emotions for features (JSON body or .npz) or for one clip (multipart field `file`)."""
+        samples = await _samples_from_request(request, state)
+        try:
+            results = await state.batcher.submit(samples)
+        except QueueFull:
+            raise RequestError(503, "queue", "the model's queue is full", "retry in a moment",
+                               headers={"Retry-After": "1"}) from None
+        return JSONResponse({"predictions": results, "model": state.card["model"]["name"]})
+
+
+async def _samples_from_request(request: Request, state: _State) -> list[Sample]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    spec = state.model.input_spec
+    max_unpacked = int(4 * state.settings.max_upload_mb * 1024 * 1024)
+    # parsing a large body takes a while: in a thread, so the event loop keeps serving others
+    if ctype == "application/json":
+        return await asyncio.to_thread(parse_json_body, await request.body(), spec)
+    if ctype in ("application/octet-stream", "application/x-npz", "application/zip"):
+        return await asyncio.to_thread(parse_npz, await request.body(), spec, max_unpacked)
+    if ctype == "multipart/form-data":
+        upload = await read_multipart(request.headers["content-type"], request.stream(), state.uploads,
+                                      state.settings.max_transcript_chars)
+        try:
+            return await _samples_from_upload(upload, state, max_unpacked)
+        finally:
+            upload.remove()
+    raise RequestError(415, "Content-Type", f"{ctype or 'none'} is not accepted",
+                       "send application/json features, an .npz as application/octet-stream, "
+                       "or multipart/form-data with a file field")
+
+
+async def _samples_from_upload(upload: Upload, state: _State, max_unpacked: int) -> list[Sample]:
+    assert upload.path is not None
+    kind = sniff(upload.head)
+    if kind == "npz":
+        if upload.transcript:
+            raise RequestError(422, "transcript", "goes with a clip, not with an .npz of features",
+                               "leave the transcript out, or send the clip itself")
+        return await asyncio.to_thread(parse_npz, upload.path.read_bytes(), state.model.input_spec, max_unpacked)
+    if kind is None:
+        raise RequestError(415, "file", f"is {describe_unknown(upload.head)}",
+                           "send a video or audio file (mp4, mov, mkv, webm, avi, wav, mp3, flac, ogg) or an .npz")
+    if state.extractors is None:
+        raise RequestError(422, "file", "this model was trained on given features, not on media, so the "
+                           "server cannot extract features from a clip", "send the features as JSON or .npz")
+    if state.extractors["extract"].get("level") == "dialogue":
+        raise RequestError(422, "file", "this model was trained on whole dialogues; one clip is not a dialogue",
+                           "use `mmer predict --manifest` with the dialogue's clips, or send dialogue features")
+    info = await asyncio.to_thread(_checked_media, upload.path, kind, state.settings.max_media_seconds)
+    feats, used_transcript = await state.media.extract(upload.path, upload.transcript)
+    return [_media_sample(feats, upload, info, state, used_transcript)]
+
+
+def _checked_media(path: Path, kind: str, max_seconds: float) -> dict[str, Any]:
+    try:
+        info = probe_media(path)
+    except Exception:
+        raise RequestError(415, "file", f"looks like {kind} but cannot be opened as media",
+                           "send a complete, playable file") from None
+    if not (info.get("has_audio") or info.get("has_video")):
+        raise RequestError(422, "file", "has neither an audio nor a video stream", "send a clip with sound or picture")
+    duration = info.get("duration")
+    if duration is not None and duration > max_seconds:
+        raise RequestError(422, "file", f"lasts {duration:.1f} s; this server takes clips of at most {max_seconds:g} s",
+                           "cut the clip into utterances and send them one by one")
+    return {"kind": kind, "duration": None if duration is None else round(float(duration), 3)}
+
+
+def _media_sample(feats: dict[str, np.ndarray], upload: Upload, info: dict[str, Any], state: _State,
+                  used_transcript: str | None) -> Sample:
+    spec = state.model.input_spec
+    trained = state.model.predictor.spec.max_len
+    out, truncated = {}, {}
+    for m, dim in spec.modalities.items():
+        x = feats.get(m)
+        x = np.zeros((0, dim), np.float32) if x is None or x.size == 0 else x.reshape(-1, x.shape[-1])
+        keep = min(spec.max_steps[m], int(trained.get(m) or spec.max_steps[m]))
+        if x.shape[0] > keep:  # as `mmer predict --media`: the head, up to the longest training sample
+            truncated[m] = int(x.shape[0])
+            x = x[:keep]
+        out[m] = as_steps(x, f"file ({m} features)", m, spec)
+    sample = Sample(upload.sample_id or "upload", out, source="media",
+                    info={"media": {**info, **({"truncated_steps": truncated} if truncated else {})},
+                          "transcript": used_transcript if used_transcript is not None else upload.transcript})
+    return check_sample(sample, "file", spec)
+
+
+def load_examples(store_path: str | None, served: ServedModel, limit: int) -> list[Sample]:
+    """The first `limit` samples of a store's test split (the operator's choice, never a request's)."""
+    if not store_path or limit == 0:
+        return []
+    from mmerkit.data.store import FeatureStore
+
+    store = FeatureStore(store_path)
+    if dict(store.modalities) != served.modalities:
+        raise ConfigError(f"--examples {store_path}: the store's modalities {dict(store.modalities)} differ from "
+                          f"the model's {served.modalities}; give a store made like the training data")
+    split = store.split("test" if "test" in store.splits else next(iter(store.splits)))
+    n = min(limit, len(split))
+    samples = []
+    for i in range(n):
+        feats = {m: np.asarray(split.features[m][i, : int(split.lengths[m][i])], np.float32)
+                 for m in served.modalities}
+        samples.append(Sample(str(split.sample_id(i)), feats))
+    return samples
+
+
+# ----------------------------------------------------------------------------- offline API docs
+
+
+def _swagger_assets() -> dict[str, tuple[Path, str]]:
+    """Swagger UI's files from the `swagger-ui-bundle` package, so /docs works offline (FastAPI's
+    own /docs page loads them from a CDN). Empty where the package is not installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return {}
+    root = Path(swagger_ui_path)
+    files = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
+    if not all((root / name).is_file() for name in files):
+        return {}
+    return {name: (root / name, media) for name, media in files.items()}
+
+
+def _add_offline_docs(app: FastAPI, assets: dict[str, tuple[Path, str]]) -> None:
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import Response
+
+    app.openapi_version = "3.0.3"  # the bundled Swagger UI (4.x) reads OpenAPI 3.0 documents
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="mmerkit API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    @app.get("/docs-assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        if name not in assets:  # a fixed set of files: the request only picks one of their names
+            raise RequestError(404, "name", f"no docs asset {name!r}", "see /docs")
+        path, media = assets[name]
+        return Response(path.read_bytes(), media_type=media, headers={"Cache-Control": "max-age=86400"})
+
+
+# ----------------------------------------------------------------------------- the guard
+
+
+class GuardMiddleware:
+    """Pure ASGI: the bearer token on every path but /healthz, and the request body size limit
+    (Content-Length first, then every received byte counted, so chunked bodies are capped too)."""
+
+    def __init__(self, app, token: str | None, max_bytes: int):
+        self.app, self.token, self.max_bytes = app, token, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        path = scope.get("path", "")
+        if self.token and path not in OPEN_PATHS and not self._authorized(headers.get("authorization", "")):
+            browser = path in BROWSER_PATHS or path.startswith("/docs-assets/")
+            challenge = 'Basic realm="mmerkit"' if browser else 'Bearer realm="mmerkit"'
+            body = error_body(401, "missing or wrong token", "Authorization",
+                              "send the header 'Authorization: Bearer TOKEN'")
+            return await JSONResponse(body, 401, headers={"WWW-Authenticate": challenge})(scope, receive, send)
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            body = error_body(413, f"the request body is larger than {self.max_bytes // (1024 * 1024)} MB",
+                              "body", "send a shorter clip or fewer samples (the server's --max-upload-mb)")
+            return await JSONResponse(body, 413, headers={"Connection": "close"})(scope, receive, send)
+        return await self.app(scope, self._counting(receive), send)
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, value = header.partition(" ")
+        scheme, value = scheme.lower(), value.strip()
+        if scheme == "basic":  # browsers: any user name, the token as password
+            try:
+                value = base64.b64decode(value, validate=True).decode("utf-8").partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+        elif scheme != "bearer":
+            return False
+        return hmac.compare_digest(value.encode(), self.token.encode())
+
+    def _counting(self, receive):
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise RequestError(413, "body", f"the request body is larger than "
+                                       f"{self.max_bytes // (1024 * 1024)} MB",
+                                       "send a shorter clip or fewer samples (the server's --max-upload-mb)")
+            return message
+
+        return counted
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        fix = {404: "see /docs for the endpoints", 405: "see /docs for the methods of each endpoint"}
+        return JSONResponse(error_body(exc.status_code, str(exc.detail), request.url.path,
+                                       fix.get(exc.status_code, "")), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "path", "query")) or "request"
+        return JSONResponse(error_body(422, str(err.get("msg", "invalid request")), where,
+                                       "see /docs for the expected request"), 422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(error_body(500, "internal error", None, "the server log has the details"), 500)
+
+
+def page_html() -> str:
+    return resources.files("mmerkit.serve").joinpath("page.html").read_text(encoding="utf-8")

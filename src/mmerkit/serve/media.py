@@ -1,0 +1,361 @@
+"""Media uploads: streamed into a private directory, typed from their bytes, featurized in workers.
+
+Nothing a request names reaches the file system: the server picks every file name (mkstemp in
+a 0700 directory of its own), the client's file name is never used, and each upload is removed
+once its features are out. The media type is read from the file's first bytes (container magic
+numbers) and then confirmed by PyAV's probe, never from the name or the declared content type.
+Feature extraction runs in worker processes so a long decode never blocks the event loop, and a
+worker that crashes is replaced instead of taking the server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmerkit.serve.errors import RequestError
+
+log = logging.getLogger("mmerkit.serve")
+
+Featurizer = Callable[[str, "str | None", "dict[str, Any] | None"], "dict[str, np.ndarray]"]
+
+FORM_FIELDS = ("file", "transcript", "id")
+
+
+# ----------------------------------------------------------------------------- content types
+
+
+def sniff(head: bytes) -> str | None:
+    """The container type from a file's first bytes: 'npz', a media kind, or None."""
+    if head.startswith(b"PK\x03\x04"):
+        return "npz"
+    if head[4:8] == b"ftyp":
+        return "mp4"  # ISO base media: mp4, mov, m4a, 3gp
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "matroska"  # mkv, webm
+    if head.startswith(b"RIFF") and head[8:12] in (b"WAVE", b"AVI "):
+        return "wav" if head[8:12] == b"WAVE" else "avi"
+    if head.startswith(b"OggS"):
+        return "ogg"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0):
+        return "mp3"  # also ADTS AAC, which shares the frame sync
+    if head.startswith(b"\x00\x00\x01\xba") or head[:1] == b"\x47" and head[188:189] == b"\x47":
+        return "mpeg"
+    return None
+
+
+def describe_unknown(head: bytes) -> str:
+    """A human name for common non-media uploads, for the 415 message."""
+    known = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+             b"%PDF": "a PDF document", b"\x7fELF": "an executable", b"{": "JSON text"}
+    for magic, name in known.items():
+        if head.startswith(magic):
+            return name
+    return "not a recognised audio or video container"
+
+
+def probe_media(path: Path) -> dict[str, Any]:
+    """Duration and streams from PyAV (mmerkit.extract.decode.probe where it is installed)."""
+    try:
+        from mmerkit.extract.decode import probe
+    except ImportError:  # the media extra is not installed: a minimal probe of our own
+        probe = _probe_with_av
+    return probe(path)
+
+
+def _probe_with_av(path: Path) -> dict[str, Any]:
+    import av
+
+    with av.open(str(path)) as container:
+        duration = container.duration / 1_000_000.0 if container.duration is not None else None
+        return {"duration": duration, "has_audio": bool(container.streams.audio),
+                "has_video": bool(container.streams.video)}
+
+
+# ----------------------------------------------------------------------------- the private directory
+
+
+class UploadDir:
+    """A 0700 temporary directory owned by the server; every upload gets a fresh mkstemp name."""
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="mmerkit-serve-"))  # mkdtemp: mode 0700
+        os.chmod(self.path, 0o700)
+
+    def new_file(self) -> tuple[int, Path]:
+        fd, name = tempfile.mkstemp(prefix="upload-", dir=self.path)  # O_EXCL, mode 0600
+        return fd, Path(name)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- multipart, streamed
+
+
+@dataclass
+class Upload:
+    """A multipart request's parts: the file (server-named path, its first bytes), text fields."""
+
+    path: Path | None = None
+    head: bytes = b""
+    size: int = 0
+    transcript: str | None = None
+    sample_id: str | None = None
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+async def read_multipart(content_type: str, chunks: AsyncIterator[bytes], upload_dir: UploadDir,
+                         max_text: int) -> Upload:
+    """Stream a multipart/form-data body: the `file` part straight into the private directory,
+    `transcript` and `id` into memory (at most `max_text` characters each)."""
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise RequestError(400, "Content-Type", "multipart/form-data without a boundary",
+                           "let your HTTP client build the multipart body (e.g. curl -F file=@clip.mp4)")
+    form = _FormState(upload_dir, max_text)
+    parser = MultipartParser(boundary, form.callbacks())
+    try:
+        async for chunk in chunks:
+            parser.write(chunk)
+        parser.finalize()
+    except RequestError:
+        form.abort()
+        raise
+    except Exception as e:  # the multipart parser's own errors: a malformed body
+        form.abort()
+        raise RequestError(400, "body", f"is not valid multipart/form-data ({type(e).__name__})",
+                           "send fields file=<media or .npz> and optionally transcript=<text>") from None
+    return form.finish()
+
+
+class _FormState:
+    """The multipart parser's callbacks: which part we are in, where its bytes go."""
+
+    def __init__(self, upload_dir: UploadDir, max_text: int):
+        self.dir, self.max_text = upload_dir, max_text
+        self.upload = Upload()
+        self.fd: int | None = None
+        self.name: str | None = None
+        self.text = bytearray()
+        self.header_field, self.header_value = bytearray(), bytearray()
+        self.disposition = b""
+
+    def callbacks(self) -> dict[str, Callable]:
+        return {"on_part_begin": self.part_begin, "on_header_field": self.hfield, "on_header_value": self.hvalue,
+                "on_header_end": self.header_end, "on_headers_finished": self.headers_done,
+                "on_part_data": self.data, "on_part_end": self.part_end}
+
+    def part_begin(self) -> None:
+        self.disposition, self.name = b"", None
+        self.text.clear()
+
+    def hfield(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def hvalue(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def header_end(self) -> None:
+        if bytes(self.header_field).lower() == b"content-disposition":
+            self.disposition = bytes(self.header_value)
+        self.header_field.clear()
+        self.header_value.clear()
+
+    def headers_done(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, params = parse_options_header(self.disposition)
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        if name not in FORM_FIELDS:
+            raise RequestError(422, name or "form field", "is not a known form field",
+                               f"send only {list(FORM_FIELDS)} (file: the media or .npz; transcript: text)")
+        if name == "file":
+            if self.upload.path is not None:
+                raise RequestError(422, "file", "was sent twice", "send one file per request")
+            self.fd, self.upload.path = self.dir.new_file()
+        self.name = name
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        piece = data[start:end]
+        if self.name == "file" and self.fd is not None:
+            if len(self.upload.head) < 512:
+                self.upload.head += piece[: 512 - len(self.upload.head)]
+            os.write(self.fd, piece)
+            self.upload.size += len(piece)
+            return
+        self.text += piece
+        if len(self.text) > 4 * self.max_text:  # utf-8 takes at most 4 bytes a character
+            raise RequestError(413, self.name or "field", f"is longer than {self.max_text} characters",
+                               "send a shorter transcript")
+
+    def part_end(self) -> None:
+        if self.name == "file":
+            self._close()
+            return
+        try:
+            text = bytes(self.text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RequestError(422, self.name or "field", "is not UTF-8 text", "send the transcript as UTF-8") from None
+        if len(text) > self.max_text:
+            raise RequestError(413, self.name or "field", f"is longer than {self.max_text} characters",
+                               "send a shorter transcript")
+        if self.name == "transcript":
+            self.upload.transcript = text.strip() or None
+        elif self.name == "id":
+            self.upload.sample_id = text.strip()[:200] or None
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def abort(self) -> None:
+        self._close()
+        self.upload.remove()
+
+    def finish(self) -> Upload:
+        self._close()
+        if self.upload.path is None:
+            raise RequestError(422, "file", "is missing",
+                               "send the clip as the multipart field 'file' (curl -F file=@clip.mp4)")
+        if self.upload.size == 0:
+            self.upload.remove()
+            raise RequestError(422, "file", "is empty", "send a complete media file")
+        return self.upload
+
+
+# ----------------------------------------------------------------------------- extraction workers
+
+
+def default_featurizer(path: str, transcript: str | None, config: dict[str, Any] | None) -> dict[str, Any]:
+    """The export's extractors on one clip: `{modality: (T, D)}` (T = 0: missing), plus the
+    transcript used (given, or recognised) under "transcript".
+
+    The one adapter between the server and `mmerkit.extract`. It runs in a worker process, which
+    keeps the extractors (and their loaded models) between requests, and checks once that this
+    machine's extractors make the same features as the ones the model was trained on."""
+    from mmerkit.extract.featurize import featurizer
+    from mmerkit.extract.media_predict import check_same_extractors, export_extract_config
+
+    assert config is not None
+    fz = featurizer(export_extract_config(config, "the served model"))
+    if id(fz) not in _CHECKED:
+        check_same_extractors(config["extractors"], fz.describe(), "the served model", "the server's extractors")
+        _CHECKED.add(id(fz))
+    result = fz.featurize(path, transcript=transcript, clip_id="upload")
+    return {**result.features, "transcript": result.transcript}
+
+
+_CHECKED: set[int] = set()
+
+
+def _prepare_default(config: dict[str, Any]) -> None:
+    """Build (and check) the export's extractors in a worker before the first clip arrives:
+    loading their models takes seconds, which the first request should not wait for."""
+    from mmerkit.extract.featurize import featurizer
+    from mmerkit.extract.media_predict import check_same_extractors, export_extract_config
+
+    fz = featurizer(export_extract_config(config, "the served model"))
+    check_same_extractors(config["extractors"], fz.describe(), "the served model", "the server's extractors")
+    _CHECKED.add(id(fz))
+
+
+def _featurize(featurizer: Featurizer, path: str, transcript: str | None,
+               config: dict[str, Any] | None) -> tuple[dict[str, np.ndarray], str | None]:
+    out = featurizer(path, transcript, config)
+    used = out.get("transcript") if isinstance(out.get("transcript"), str) else None
+    feats = {str(k): np.asarray(v, np.float32) for k, v in out.items() if k != "transcript" and v is not None}
+    return feats, used
+
+
+class MediaWorkers:
+    """A bounded pool of extraction processes (or one thread when `workers` is 0)."""
+
+    def __init__(self, featurizer: Featurizer, config: dict[str, Any] | None, workers: int, max_waiting: int):
+        self.featurizer, self.config = featurizer, config
+        self.workers, self.max_waiting = workers, max_waiting
+        self.in_flight = 0
+        self._pool: Executor | None = None
+
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            if self.workers == 0:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="mmerkit-media")
+            else:  # spawn: a fork of a process running torch threads can deadlock
+                ctx = multiprocessing.get_context("spawn")
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        return self._pool
+
+    async def extract(self, path: Path, transcript: str | None) -> tuple[dict[str, np.ndarray], str | None]:
+        if self.in_flight >= self.workers + self.max_waiting:
+            raise RequestError(503, "file", f"{self.in_flight} clips are being processed already",
+                               "retry in a few seconds", headers={"Retry-After": "2"})
+        self.in_flight += 1
+        try:
+            fut = self._executor().submit(_featurize, self.featurizer, str(path), transcript, self.config)
+            return await asyncio.wrap_future(fut)
+        except BrokenProcessPool:
+            self._replace_pool()
+            raise RequestError(422, "file", "made the feature extractor crash",
+                               "check that the file plays in a media player; re-encode it (e.g. to mp4/h264)") from None
+        except RequestError:
+            raise
+        except Exception as e:
+            raise _extraction_error(e, path) from None
+        finally:
+            self.in_flight -= 1
+
+    def warm_up(self) -> None:
+        """Start the workers and load the default extractors in the background (errors are logged)."""
+        if self.config is None or self.featurizer is not default_featurizer:
+            return
+        for _ in range(max(self.workers, 1)):
+            fut = self._executor().submit(_prepare_default, self.config)
+            fut.add_done_callback(_log_failure)
+
+    def _replace_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def _log_failure(fut) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("the export's extractors cannot be prepared: %s", fut.exception())
+
+
+def _extraction_error(e: Exception, path: Path) -> RequestError:
+    from mmerkit.errors import MMERError
+
+    if isinstance(e, MMERError):  # a media problem the extractors explain: pass it on, without our path
+        message = re.sub(re.escape(str(path.parent)) + r"/\S+", "the upload", str(e))
+        return RequestError(422, "file", message, "send another clip, or its features as JSON")
+    log.error("feature extraction failed", exc_info=e)
+    return RequestError(500, "file", "feature extraction failed on the server", "the server log has the details")
