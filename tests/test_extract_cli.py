@@ -110,7 +110,7 @@ def test_extract_train_predict_media_end_to_end(trained, media_dir, tmp_path, ca
 def test_predict_from_a_manifest(trained, media_dir, tmp_path, capsys):
     _, export = trained
     (media_dir / "to_predict.csv").write_text("id,media,start,end,transcript\nfirst,c1.mp4,0.2,1.0,hello\n"
-                                              "second,new.mp4,,,\n")
+                                              "second,new.mp4,,,bye now\n")
     code, out, err = run_cli(capsys, "predict", str(export), "--manifest", str(media_dir / "to_predict.csv"),
                              "--out", str(tmp_path / "p.jsonl"))
     assert code == 0, err
@@ -275,3 +275,24 @@ def test_most_relevant_modality_by_occlusion_for_models_without_scores(trained, 
             if other != m:
                 w2 = p.predict({**arrays, f"{other}_len": np.array([0, arrays[f"{other}_len"][1]])}).probs
                 assert probs[0, j] - without[0, j] >= probs[0, j] - w2[0, j] - 1e-6
+
+
+def test_dialogue_model_predicts_dialogues_from_a_manifest(media_dir, tmp_path, plugin_path):
+    rows = list(csv.DictReader(open(media_dir / "manifest.csv")))
+    for k, r in enumerate(rows):
+        r["dialogue"], r["media"] = f"d{k // 2}", str(media_dir / r["media"])
+        r["split"] = ["train", "train", "valid", "test"][k // 2]
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    opts = dict(text="fake_text", audio="fake_audio", visual="fake_visual", plugins=["fake_extractors"])
+    store = api.extract(tmp_path / "m.csv", tmp_path / "store", **opts).store
+    [run] = api.train("late_fusion", store.path, out=tmp_path / "runs", epochs=1,
+                      overrides=[*TINY, "train.progress=false", "train.batch_size=2"])
+    p = Predictor.from_pretrained(run.run_dir / "export")
+    (tmp_path / "new.csv").write_text("id,media,transcript,dialogue\n"
+                                      f"a,{media_dir}/c6.mp4,clip 6 speaks,talk\nb,{media_dir}/c7.mp4,clip 7 speaks,talk\n")
+    preds = p.predict_media(manifest=tmp_path / "new.csv")
+    assert preds.ids == ["talk"]  # one sample per dialogue, like the training store's
+    np.testing.assert_allclose(preds.probs[0], p.predict(store, split="test").probs[0], atol=1e-5)

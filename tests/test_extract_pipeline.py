@@ -321,7 +321,7 @@ def test_misspelt_column_and_other_manifest_errors(tmp_path):
         read_media_manifest(_manifest(tmp_path / "m.csv", [base, base]))
     with pytest.raises(DataError, match=r"line 2, column 'start': 'soon' is not a number of seconds"):
         read_media_manifest(_manifest(tmp_path / "m.csv", [{**base, "start": "soon"}]))
-    with pytest.raises(DataError, match=r"line 3, column 'labels': row 'b' has no label.*--allow-empty-labels"):
+    with pytest.raises(DataError, match=r"line 3, column 'labels': row 'b' has no label.*--empty-labels allow"):
         read_media_manifest(_manifest(tmp_path / "m.csv", [base, {**base, "id": "b", "labels": ""}]))
     with pytest.raises(DataError, match="no 'media' column"):
         read_media_manifest(_manifest(tmp_path / "m.csv", [{"id": "a", "labels": "joy"}]))
@@ -404,3 +404,14 @@ def test_an_edited_word_timing_file_is_not_reused(clips, tmp_path, fake_log):
     timings.write_text("id,word,start,end\n" + "".join(f"u{k},hi,0.0,0.5\nu{k},yo,0.5,1.0\n" for k in range(6)))
     res = run_extract(man, tmp_path / "s", config=cfg, overwrite=True)
     assert res.skipped == 0 and res.store.split("train").lengths["audio"].tolist() == [2, 2, 2]
+
+
+def test_empty_labels_is_spelt_as_in_the_converters(tmp_path):
+    base = {"id": "a", "media": "x.mp4", "labels": "joy"}
+    rows = [{**base, "split": "train"}, {**base, "id": "b", "labels": "", "split": "train"},
+            {**base, "id": "c", "split": "valid"}, {**base, "id": "d", "split": "test"}]
+    path = _manifest(tmp_path / "m.csv", rows)
+    m = read_media_manifest(path, empty_labels="allow")
+    assert m.labels.sum(1).tolist() == [1, 0, 1, 1]
+    with pytest.raises(ConfigError, match="--empty-labels 'yes': expected 'reject' or 'allow'"):
+        read_media_manifest(path, empty_labels="yes")

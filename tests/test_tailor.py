@@ -45,13 +45,11 @@ def test_defaults_are_the_authors():
     assert (c.adv_weight, c.diff_weight, c.cml_weight, c.ctc_weight) == (0.01, 5e-6, 0.5, 0.5)
     assert c.threshold == 0.35 and c.grl_lambda == 1.0 and c.layers == {"text": 6, "visual": 4, "audio": 4}
     assert c.init_std == 0.02
-    cfg = load_config("tailor", None, "tailor-authors")  # the authors' whole recipe
-    assert cfg.optim.optimizer == "bertadam" and cfg.optim.lr == 5e-5 and cfg.train.batch_size == 64
-    assert cfg.train.seed == 42 and cfg.train.epochs == 20
-    assert build_model_config("tailor", cfg.model) == c
-    ours = load_config("tailor")  # mmerkit's recipe: init std and optimiser differ
-    assert build_model_config("tailor", ours.model) == c.model_copy(update={"init_std": 0.1})
-    assert ours.optim.optimizer == "adamw"
+    for preset in (None, "tailor-authors"):  # the packaged recipe is the authors' (see tailor.py)
+        cfg = load_config("tailor", None, preset)
+        assert cfg.optim.optimizer == "bertadam" and cfg.optim.lr == 5e-5 and cfg.train.batch_size == 64
+        assert cfg.train.seed == 42 and cfg.train.epochs == 20
+        assert build_model_config("tailor", cfg.model) == c
     assert small().threshold == 0.35
 
 
@@ -276,31 +274,28 @@ def _input_dependence(init_std: float, seed: int) -> float:
     return float(logits.std(0).pow(2).mean().sqrt() / logits.pow(2).mean().sqrt())
 
 
-def test_default_init_lets_the_decoder_see_the_input():
-    """Why the recipe raises init_std (models/tailor.py, "Recipe"): with the authors' BERT init
-    (std 0.02) at hidden 64 the label decoder's residual stream is the label embedding and its
-    logits barely depend on the input (spread < 1% of their size), so training settles on the
-    label prior; with the recipe's 0.1 the spread is 10-20%."""
-    recipe = build_model_config("tailor", load_config("tailor").model).init_std
-    assert recipe == 0.1
+def test_at_the_authors_init_the_decoder_barely_sees_the_input():
+    """The diagnosis in models/tailor.py ("Recipe"): with the authors' BERT init (std 0.02) at
+    hidden 64 the label decoder's residual stream is the label embedding and its logits barely
+    depend on the input at initialisation (spread < 1% of their size); at std 0.1 it is 8-20%."""
     for seed in range(2):
         assert _input_dependence(0.02, seed) < 0.01
-        assert _input_dependence(recipe, seed) > 0.08
+        assert _input_dependence(0.1, seed) > 0.08
 
 
 
-@pytest.mark.slow
 def test_a_tiny_run_does_not_predict_the_most_frequent_label_only(tmp_path):
-    """Issue: TAILOR used to stay at "predict happy". The packaged recipe (init std 0.1, AdamW),
-    narrowed, must beat every constant prediction (the most frequent label, every label, ...) by 5
-    points of micro-F1, with F1 > 0 on >= 3 of the 6 labels."""
+    """A tiny TAILOR (init std 0.1, AdamW at 2e-3) on easy data must beat every constant
+    prediction (the most frequent label, every label, ...) by 5 points of micro-F1, with F1 > 0
+    on >= 3 of the 6 labels: the model can learn when its decoder sees the input at the start.
+    (At the authors' 0.02 this run ends at the constant "every label" prediction.)"""
     from mmerkit import api
 
     result = api.train("tailor", None, out=tmp_path, seeds=[1], overrides=[
         *EASY_DATA, "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=32",
         "model.layers={text: 1, visual: 1, audio: 1}", "model.fusion_layers=1", "model.disc_hidden=8",
-        "model.dropout=0.0", "model.head_dropout=0.0", "train.epochs=8", "train.batch_size=32",
-        "optim.lr=2e-3", "train.progress=false"])[0]
+        "model.dropout=0.0", "model.head_dropout=0.0", "model.init_std=0.1", "optim.optimizer=adamw",
+        "train.epochs=8", "train.batch_size=32", "optim.lr=2e-3", "train.progress=false"])[0]
     trivial = best_constant_micro_f1(api.embedded_store(EASY_SYNTH).split("test").labels)
     f1 = {k: round(v, 3) for k, v in result.test_metrics.items() if k.startswith("f1/")}
     assert result.test_metrics["micro_f1"] > trivial + 0.05, (trivial, f1)

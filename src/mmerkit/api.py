@@ -376,7 +376,7 @@ def extract(manifest: str | Path, out: str | Path, *, config: Any = None, text: 
             sample_rate: int | None = None, align: str | None = None, asr: str | None = None,
             word_timings: str | Path | None = None, level: str | None = None, max_len: int | None = None,
             plugins: Sequence[str] | None = None, label_names: Sequence[str] | str | None = None,
-            split_seed: int = 0, allow_empty_labels: bool = False, workers: int = 1,
+            split_seed: int = 0, empty_labels: str = "reject", workers: int = 1,
             shard: str | None = None, strict: bool = False, merge: bool = False,
             parts: Sequence[str | Path] = (), overwrite: bool = False, progress: bool = False):
     """Media manifest -> FeatureStore (`mmer extract`); returns an `ExtractResult` (`.store`,
@@ -398,7 +398,7 @@ def extract(manifest: str | Path, out: str | Path, *, config: Any = None, text: 
                       align=align, asr=asr, word_timings=None if word_timings is None else str(word_timings),
                       level=level, max_len=max_len, plugins=None if plugins is None else list(plugins))
     return run_extract(manifest, out, config=cfg, label_names=label_names, split_seed=split_seed,
-                       allow_empty_labels=allow_empty_labels, workers=workers, shard=shard, strict=strict,
+                       empty_labels=empty_labels, workers=workers, shard=shard, strict=strict,
                        merge=merge, parts=parts, overwrite=overwrite, progress=progress)
 
 

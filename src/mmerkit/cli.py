@@ -271,7 +271,7 @@ def extract(manifest: Path = typer.Argument(..., help="media manifest CSV (id, m
             plugin: list[str] | None = typer.Option(None, "--plugin", help="module registering extractors"),
             label_names: str | None = typer.Option(None, "--label-names", help="label set and order: a,b,c"),
             split_seed: int = typer.Option(0, "--split-seed", help="seed of the 70/10/20 split"),
-            allow_empty_labels: bool = typer.Option(False, "--allow-empty-labels"),
+            empty_labels: str = typer.Option("reject", "--empty-labels", help="reject | allow rows without a label"),
             workers: int = typer.Option(1, "--workers", help="extraction processes"),
             shard: str | None = typer.Option(None, "--shard", help="K/N: only this shard, no store"),
             strict: bool = typer.Option(False, "--strict", help="stop at the first failing item"),
@@ -282,7 +282,7 @@ def extract(manifest: Path = typer.Argument(..., help="media manifest CSV (id, m
     res = api.extract(manifest, out, config=config, text=text, audio=audio, visual=visual, fps=fps,
                       sample_rate=sample_rate, align=align, asr=asr, word_timings=word_timings, level=level,
                       max_len=max_len, plugins=plugin or None, label_names=label_names, split_seed=split_seed,
-                      allow_empty_labels=allow_empty_labels, workers=workers, shard=shard, strict=strict,
+                      empty_labels=empty_labels, workers=workers, shard=shard, strict=strict,
                       merge=merge, parts=parts or (), overwrite=overwrite, progress=True)
     info = api.extract_summary(res)
     counts = ", ".join(f"{k} {v}" for k, v in info["labels"].items())

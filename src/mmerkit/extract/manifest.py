@@ -21,7 +21,7 @@ Example:
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "m.csv"
     >>> _ = p.write_text("id,media,labels\\na,a.mp4,joy\\nb,b.mp4,joy;anger\\nc,c.wav,\\n")
-    >>> m = read_media_manifest(p, allow_empty_labels=True)
+    >>> m = read_media_manifest(p, empty_labels="allow")
     >>> m.label_names, m.labels.tolist(), m.label_counts
     (['anger', 'joy'], [[0, 1], [1, 1], [0, 0]], {'anger': 1, 'joy': 2})
 """
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from mmerkit.data.custom import SPLIT_ALIASES, SPLITS
-from mmerkit.errors import DataError
+from mmerkit.errors import ConfigError, DataError
 from mmerkit.registry import did_you_mean
 
 KNOWN_COLUMNS = ("id", "media", "start", "end", "transcript", "labels", "split", "dialogue", "speaker")
@@ -104,7 +104,7 @@ class Manifest:
 
 def read_media_manifest(path: str | Path, *, label_names: Sequence[str] | str | None = None,
                         split_seed: int = 0, split_ratios: Sequence[float] = DEFAULT_RATIOS,
-                        allow_empty_labels: bool = False, require_labels: bool = True,
+                        empty_labels: str = "reject", require_labels: bool = True,
                         media_required: bool = True) -> Manifest:
     """Read and check a media manifest CSV (layout in the module doc).
 
@@ -114,6 +114,8 @@ def read_media_manifest(path: str | Path, *, label_names: Sequence[str] | str | 
     for prediction (no labels, no split). `media_required=False` allows empty media cells
     (text-only extraction from transcripts).
     """
+    if empty_labels not in ("reject", "allow"):
+        raise ConfigError(f"--empty-labels {empty_labels!r}: expected 'reject' or 'allow'")
     path = Path(path)
     rows, columns, lines = _read_rows(path)
     ctx = _Ctx(path, lines)
@@ -121,7 +123,7 @@ def read_media_manifest(path: str | Path, *, label_names: Sequence[str] | str | 
     _check_unique_ids(ctx, items)
     names = _parse_label_names(label_names)
     if require_labels:
-        y, names, warns = _labels(ctx, rows, columns, names, allow_empty_labels)
+        y, names, warns = _labels(ctx, rows, columns, names, empty_labels == "allow")
     else:
         y, warns = np.zeros((len(items), 0 if names is None else len(names)), np.uint8), []
         names = names or []
@@ -245,7 +247,7 @@ def _labels(ctx: _Ctx, rows, columns, names, allow_empty) -> tuple[np.ndarray, l
     empty = np.flatnonzero(y.sum(1) == 0)
     if empty.size and not allow_empty:
         raise DataError(f"{ctx.where(int(empty[0]), 'labels')}: row {rows[empty[0]]['id']!r} has no label "
-                        f"({empty.size} such rows); give it one, or pass --allow-empty-labels if "
+                        f"({empty.size} such rows); give it one, or pass --empty-labels allow if "
                         "'no emotion' is a valid answer")
     return y, names, warns
 

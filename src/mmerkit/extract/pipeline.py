@@ -221,7 +221,7 @@ def parts_dir(out: str | Path) -> Path:
 def run_extract(manifest: str | Path, out: str | Path, *,
                 config: ExtractConfig | dict[str, Any] | str | Path | None = None,
                 label_names: Sequence[str] | str | None = None, split_seed: int = 0,
-                allow_empty_labels: bool = False, workers: int = 1, shard: str | None = None,
+                empty_labels: str = "reject", workers: int = 1, shard: str | None = None,
                 strict: bool = False, merge: bool = False, parts: Sequence[str | Path] = (),
                 overwrite: bool = False, progress: bool = False,
                 on_warning: Callable[[str], None] | None = None) -> ExtractResult:
@@ -234,7 +234,7 @@ def run_extract(manifest: str | Path, out: str | Path, *,
         raise ConfigError(f"--workers {workers}: need at least 1")
     out = Path(out)
     man = read_media_manifest(manifest, label_names=label_names, split_seed=split_seed,
-                              allow_empty_labels=allow_empty_labels,
+                              empty_labels=empty_labels,
                               media_required=cfg.audio is not None or cfg.visual is not None)
     for w in man.warnings:
         (on_warning or _warn)(w)
