@@ -63,7 +63,7 @@ def media_export(work: Path) -> Path:
         writer.writerows(rows)
     res = api.extract(clips / "manifest.csv", work / "clip_store", asr="off", overwrite=True)
     [run] = api.train("early_fusion", res.store.path, out=work / "clip_runs", epochs=1,
-                      overrides=["model.hidden=32", "model.layers=1", "model.ffn=64", "model.heads=2",
+                      overrides=["model.hidden_size=32", "model.layers=1", "model.intermediate_size=64", "model.num_heads=2",
                                  "train.progress=false"])
     return run.run_dir / "export"
 

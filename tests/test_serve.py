@@ -604,7 +604,7 @@ def test_real_extractors_answer_like_predict_media(tmp_path):
         writer.writerows(rows)
     res = api.extract(tmp_path / "manifest.csv", tmp_path / "store", visual="none", asr="off")
     [run] = api.train("early_fusion", res.store.path, out=tmp_path / "runs", epochs=1,
-                      overrides=["model.hidden=16", "model.layers=1", "model.ffn=32", "model.heads=2",
+                      overrides=["model.hidden_size=16", "model.layers=1", "model.intermediate_size=32", "model.num_heads=2",
                                  "train.progress=false"])
     export = run.run_dir / "export"
     clip = write_clip(tmp_path / "new.wav", 0.9, video=False, tone=440)
