@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
 from mmerkit.data.batch import Batch
@@ -82,3 +85,33 @@ def best_constant_micro_f1(labels: np.ndarray) -> float:
     tp = sets @ y.sum(0)  # predicted positives that are true, per set
     predicted = sets.sum(1) * y.shape[0]
     return float((2 * tp / (predicted + y.sum())).max())
+
+
+# Keyword arguments of api.train for a quiet one-process CPU run
+API_QUIET = dict(progress=False, accelerator="cpu", devices=1)
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    """Every path under `root` with its modification time: equal snapshots = nothing was written."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def mmer_fails(capsys, *args: str) -> str:
+    """`mmer ARGS` exits with code 2 and one `error:` line on stderr, without a traceback."""
+    from mmerkit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def mmer_ok(*args: str) -> None:
+    """`mmer ARGS` succeeds (typer's standalone mode exits with code 0)."""
+    from mmerkit.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    assert e.value.code in (0, None)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 from helpers import EASY_DATA, EASY_SYNTH, best_constant_micro_f1
@@ -201,7 +200,6 @@ def test_missing_modality_is_finite_and_unmasked():
 
 
 
-@pytest.mark.slow
 def test_a_tiny_run_does_not_predict_the_most_frequent_label_only(tmp_path):
     """Issue: AMP used to end near "predict happy" in 2 of 3 seeds. The packaged recipe, narrowed,
     must beat every constant prediction (the most frequent label, every label, ...) by 5

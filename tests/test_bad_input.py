@@ -18,31 +18,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import LABELS, TINY, random_split, toy_store
+from helpers import API_QUIET as QUIET
+from helpers import LABELS, TINY, mmer_fails, random_split, snapshot, toy_store
 
 from mmerkit import api
-from mmerkit.cli import main
 from mmerkit.data.custom import from_arrays
 from mmerkit.data.store import FeatureStore, write_store
 from mmerkit.errors import CheckpointError, ConfigError, DataError
 from mmerkit.predict import Predictor
-
-QUIET = dict(progress=False, accelerator="cpu", devices=1)
-
-
-def snapshot(root: Path) -> dict[str, int]:
-    """Every path under `root` with its modification time: equal snapshots = nothing was written."""
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
-
-
-def mmer_fails(capsys, *args: str) -> str:
-    """Run the real `mmer` entry point; it must exit non-zero with one line on stderr, no traceback."""
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    assert e.value.code not in (0, None)
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
-    return err
 
 
 def assert_mentions(message: str, *patterns: str) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import LABELS, TINY, random_split, toy_store
+from helpers import API_QUIET as QUIET
+from helpers import LABELS, TINY, mmer_fails, mmer_ok, random_split, snapshot, toy_store
 
 from mmerkit import api
 from mmerkit.cli import main
@@ -21,30 +22,6 @@ from mmerkit.data.options import converter_option_names
 from mmerkit.data.store import FeatureStore, write_store
 from mmerkit.errors import ConfigError, DataError
 from mmerkit.predict import Predictor
-
-QUIET = dict(progress=False, accelerator="cpu", devices=1)
-
-
-def snapshot(root: Path) -> dict[str, int]:
-    """Every path under `root` with its modification time: equal snapshots = nothing was written."""
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
-
-
-def mmer_fails(capsys, *args: str) -> str:
-    """`mmer ARGS` exits with code 2 and one `error:` line on stderr, without a traceback."""
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
-    return err
-
-
-def mmer_ok(*args: str) -> None:
-    """`mmer ARGS` succeeds (typer's standalone mode exits with code 0)."""
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    assert e.value.code in (0, None)
 
 
 def assert_mentions(message: str, *patterns: str) -> None:

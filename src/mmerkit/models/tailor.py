@@ -151,6 +151,17 @@ class TailorConfig(ModelConfig):
         return self
 
 
+def valid_positions(mask: Tensor) -> Tensor:
+    """Position ids (B, n) that count valid steps only: the k-th valid step gets k - 1.
+
+    The fused sequence [first ; second] holds each part's padding in the middle, so arange(n)
+    would shift the second part's ids with the batch's padded length (a sample's answer would
+    depend on its batch). Under a full mask this is arange(n), the authors' ids; padded steps
+    repeat the previous id (or 0) and are masked out of every attention anyway.
+    """
+    return (mask.long().cumsum(1) - 1).clamp_min(0)
+
+
 class FusionEncoder(nn.Module):
     """A granularity-descent encoder: [first ; second] + positions + token types (0 / 1)
     -> LayerNorm -> dropout -> post-LN layers. Returns the fused sequence and its mask."""
@@ -173,7 +184,7 @@ class FusionEncoder(nn.Module):
             raise ValueError(f"fused sequence of {n} steps exceeds fusion_max_positions="
                              f"{self.positions.num_embeddings}; raise it in the model config")
         types = (torch.arange(n, device=x.device) >= first.shape[1]).long()
-        h = self.drop(self.norm(x + self.positions.weight[:n] + self.token_types(types)))
+        h = self.drop(self.norm(x + self.positions(valid_positions(mask)) + self.token_types(types)))
         am = attention_mask(mask)
         for layer in self.layers:
             h = layer(h, am)
