@@ -69,7 +69,7 @@ def adversarial(model, p, c, masks):
     return modality_adversarial_loss(model.refine.discriminator, p, c, masks, model.config.grl_lambda)
 
 
-def _leaves(b=3, m=3, t=5, d=16, seed=0):
+def _leaves(b=3, m=3, t=5, d=TAILOR.test_params["hidden_size"], seed=0):
     g = torch.Generator().manual_seed(seed)
     p = torch.randn(b, m, t, d, generator=g).tanh()
     c = torch.randn(b, m, t, d, generator=g).tanh()
@@ -252,7 +252,9 @@ def test_ctc_term_is_summed_over_the_batch_as_in_the_release():
     batch = make_batch(spec, lengths={"text": 5, "visual": 13, "audio": 9})
     out = model(batch)
     want = 0.0
-    for scores, n_frames, t in out.aux["ctc"]:
+    t = batch.inputs["text"].shape[1]  # every text step is valid here
+    for scores, n_frames, text_lengths in out.aux["ctc"]:
+        assert text_lengths.tolist() == [t] * len(text_lengths)
         logp = scores.float().log_softmax(-1).transpose(0, 1)
         b = scores.shape[0]
         targets = torch.arange(1, t + 1).expand(b, t)
@@ -300,3 +302,60 @@ def test_a_tiny_run_does_not_predict_the_most_frequent_label_only(tmp_path):
     f1 = {k: round(v, 3) for k, v in result.test_metrics.items() if k.startswith("f1/")}
     assert result.test_metrics["micro_f1"] > trivial + 0.05, (trivial, f1)
     assert sum(v > 0 for v in f1.values()) >= 3, f1
+
+
+def _ragged_batch(spec, lengths, t, seed=0) -> Batch:
+    """Samples whose every modality has `lengths[i]` valid steps, zero padded to t."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(lengths)
+    valid = torch.arange(t)[None] < torch.tensor(lengths)[:, None]
+    inputs = {m: torch.randn(b, t, d, generator=g) * valid[..., None] for m, d in spec.modalities.items()}
+    masks = {m: valid.clone() for m in spec.modalities}
+    labels = torch.zeros(b, spec.num_labels)
+    return Batch(inputs, masks, torch.ones(b, len(spec.modalities), dtype=torch.bool), labels,
+                 torch.arange(b), spec.modality_names)
+
+
+def _first_sample(batch: Batch, t: int) -> Batch:
+    return Batch({m: x[:1, :t] for m, x in batch.inputs.items()}, {m: x[:1, :t] for m, x in batch.masks.items()},
+                 batch.present[:1], batch.labels[:1], batch.index[:1], batch.modalities)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_a_sample_answer_does_not_depend_on_its_batch(aligned):
+    """A 4-step sample batched with 8-step ones (so padded to 8) must get exactly the answer it
+    gets alone: the fused sequence's position ids count valid steps, not padded ones."""
+    spec = make_spec(aligned=aligned)
+    model = small(spec).eval()
+    batch = _ragged_batch(spec, [4, 8, 6], t=8)
+    with torch.no_grad():
+        together = model(batch).probs[0]
+        alone = model(_first_sample(batch, 4)).probs[0]
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=0)
+
+
+def test_fusion_positions_are_the_authors_under_full_masks():
+    from mmerkit.models.tailor import valid_positions
+
+    full = torch.ones(2, 7, dtype=torch.bool)
+    assert valid_positions(full).tolist() == [list(range(7))] * 2
+    # [first (2 valid of 3) ; second (2 valid of 2)]: the second part starts right after the first's
+    # valid steps; the padded step repeats an id and is masked out anyway
+    ragged = torch.tensor([[True, True, False, True, True]])
+    assert valid_positions(ragged).tolist() == [[0, 1, 1, 2, 3]]
+
+
+def test_ctc_term_of_a_batch_is_the_sum_of_its_samples_terms():
+    """Each sample's CTC targets are 1..its own text length: batching a 4-step text with an
+    8-step one must not lengthen the short one's targets to the batch's padded 8."""
+    spec = make_spec(aligned=False)
+    model = small(spec).eval()
+    batch = _ragged_batch(spec, [4, 8], t=8)
+    with torch.no_grad():
+        together = model.loss(model(batch), batch)["ctc"]
+        alone = [model.loss(model(one), one)["ctc"]
+                 for one in (_first_sample(batch, 4), batch.__class__(
+                     {m: x[1:] for m, x in batch.inputs.items()}, {m: x[1:] for m, x in batch.masks.items()},
+                     batch.present[1:], batch.labels[1:], batch.index[1:], batch.modalities))]
+    assert alone[0] > 0
+    torch.testing.assert_close(together, alone[0] + alone[1], atol=1e-4, rtol=1e-5)

@@ -296,6 +296,15 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(cfg, model, meta, run.read_env())
 
 
+def saved_threshold(run: str | Path) -> dict[str, Any]:
+    """The threshold(s) an export holds (what `evaluate(save_threshold=True)` stored):
+    {"export": config.json path, "labels": [...], "threshold": float or one per label}."""
+    run = Path(run)
+    export = run / "config.json" if (run / "config.json").exists() else run / "export" / "config.json"
+    meta = json.loads(export.read_text())
+    return {"export": export, "labels": list(meta.get("labels", [])), "threshold": meta["threshold"]}
+
+
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
              threshold: float | str | None = None, drop_modality: str | None = None,
              save_threshold: bool = False) -> dict[str, float]:

@@ -211,12 +211,11 @@ def evaluate(run: Path = typer.Argument(..., help="run directory"),
 
 def _saved_threshold_note(run: Path) -> str:
     """What --save-threshold stored, read back from the export (per label when it is per label)."""
-    export = run / "config.json" if (run / "config.json").exists() else run / "export" / "config.json"
-    meta = json.loads(export.read_text())
-    thr = meta["threshold"]
-    shown = (", ".join(f"{lab} {t:.2f}" for lab, t in zip(meta.get("labels", []), thr)) if isinstance(thr, list)
+    saved = api.saved_threshold(run)
+    thr = saved["threshold"]
+    shown = (", ".join(f"{lab} {t:.2f}" for lab, t in zip(saved["labels"], thr)) if isinstance(thr, list)
              else f"{thr:.2f}")
-    return f"saved threshold {shown} to {export}; `mmer predict` and Predictor use it from now on"
+    return f"saved threshold {shown} to {saved['export']}; `mmer predict` and Predictor use it from now on"
 
 
 @app.command()
