@@ -38,3 +38,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(store, finished early_fusion run directory) on the toy store, one per test module that
+    asks for it (a module may write into its own run, e.g. a saved threshold)."""
+    from helpers import API_QUIET, TINY, toy_store
+
+    from mmerkit import api
+
+    root = tmp_path_factory.mktemp("trained")
+    store = toy_store(root / "store")
+    [res] = api.train("early_fusion", store.path, out=root / "runs", epochs=1, overrides=TINY, **API_QUIET)
+    return store, Path(res.run_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,9 @@ def mmer_ok(*args: str) -> None:
     with pytest.raises(SystemExit) as e:
         main(list(args))
     assert e.value.code in (0, None)
+
+
+def assert_mentions(message: str, *patterns: str) -> None:
+    """Every regex in `patterns` occurs in `message` (an error line names the thing and the fix)."""
+    for pat in patterns:
+        assert re.search(pat, message), f"{pat!r} not in: {message}"

@@ -19,28 +19,13 @@ import pytest
 import torch
 import yaml
 from helpers import API_QUIET as QUIET
-from helpers import LABELS, TINY, mmer_fails, random_split, snapshot, toy_store
+from helpers import LABELS, TINY, assert_mentions, mmer_fails, random_split, snapshot, toy_store
 
 from mmerkit import api
 from mmerkit.data.custom import from_arrays
 from mmerkit.data.store import FeatureStore, write_store
 from mmerkit.errors import CheckpointError, ConfigError, DataError
 from mmerkit.predict import Predictor
-
-
-def assert_mentions(message: str, *patterns: str) -> None:
-    for pat in patterns:
-        assert re.search(pat, message), f"{pat!r} not in: {message}"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(store, finished early_fusion run directory), shared read-only by this module's tests."""
-    root = tmp_path_factory.mktemp("bad_input")
-    store = toy_store(root / "store")
-    [res] = api.train("early_fusion", store.path, out=root / "runs", epochs=1, overrides=TINY, **QUIET)
-    return store, res.run_dir
-
 
 # ----------------------------------------------------------------------------- writing a store
 

@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import API_QUIET as QUIET
-from helpers import LABELS, TINY, mmer_fails, mmer_ok, random_split, snapshot, toy_store
+from helpers import (
+    LABELS,
+    TINY,
+    assert_mentions,
+    mmer_fails,
+    mmer_ok,
+    random_split,
+    snapshot,
+    toy_store,
+)
 
 from mmerkit import api
 from mmerkit.cli import main
@@ -22,20 +31,6 @@ from mmerkit.data.options import converter_option_names
 from mmerkit.data.store import FeatureStore, write_store
 from mmerkit.errors import ConfigError, DataError
 from mmerkit.predict import Predictor
-
-
-def assert_mentions(message: str, *patterns: str) -> None:
-    for pat in patterns:
-        assert re.search(pat, message), f"{pat!r} not in: {message}"
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(store, finished early_fusion run directory), read-only for this module's tests."""
-    root = tmp_path_factory.mktemp("bad_input_cli")
-    store = toy_store(root / "store")
-    [res] = api.train("early_fusion", store.path, out=root / "runs", epochs=1, overrides=TINY, **QUIET)
-    return store, Path(res.run_dir)
 
 
 def _npz(path: Path, n: int = 12, empty_row: int | None = None) -> Path:
