@@ -60,6 +60,8 @@ def write_video(path: Path, seconds: float, width: int, height: int, sr: int = 1
     from skimage import data
     from skimage.transform import resize
 
+    from mmerkit.extract.demo import mux_audio
+
     # a talking-head framing: the face about a sixth of the frame's width (the short-range
     # face detector misses faces much smaller than that, see docs/extract.md)
     face = (resize(data.astronaut(), (height, height), anti_aliasing=True) * 255).astype(np.uint8)
@@ -84,12 +86,7 @@ def write_video(path: Path, seconds: float, width: int, height: int, sr: int = 1
             vf.pts = i
             out.mux(vs.encode(vf))
         out.mux(vs.encode())
-        for k in range(0, len(audio), 1024):
-            af = av.AudioFrame.from_ndarray(audio[None, k : k + 1024], format="s16",
-                                            layout="mono")
-            af.sample_rate, af.pts = sr, k
-            out.mux(as_.encode(af))
-        out.mux(as_.encode())
+        mux_audio(out, as_, audio, sr)
 
 
 def timed(fn, *args, **kwargs):

@@ -11,7 +11,6 @@ import socket
 import stat
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +80,8 @@ def write_clip(path: Path, seconds: float = 1.0, video: bool = True, audio: bool
     e.g. a face from `skimage.data.astronaut()`, in every frame) and a sine tone."""
     import av
 
+    from mmerkit.extract.demo import mux_audio
+
     fmt = "wav" if not video else "mp4"
     with av.open(str(path), "w", format=fmt) as out:
         vs = out.add_stream("mpeg4", rate=10) if video else None
@@ -103,16 +104,7 @@ def write_clip(path: Path, seconds: float = 1.0, video: bool = True, audio: bool
                 out.mux(packet)
         if aus is not None:
             n = int(seconds * 16000)
-            wave = (0.3 * np.sin(2 * np.pi * tone * np.arange(n) / 16000) * 32767).astype(np.int16)
-            step = 1024
-            for start in range(0, n, step):
-                chunk = wave[start:start + step]
-                frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
-                frame.sample_rate, frame.pts, frame.time_base = 16000, start, Fraction(1, 16000)
-                for packet in aus.encode(frame):
-                    out.mux(packet)
-            for packet in aus.encode():
-                out.mux(packet)
+            mux_audio(out, aus, (0.3 * np.sin(2 * np.pi * tone * np.arange(n) / 16000) * 32767).astype(np.int16), 16000)
     return path
 
 

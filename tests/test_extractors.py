@@ -39,6 +39,7 @@ from mmerkit.extract.base import (
 av = pytest.importorskip("av", reason="PyAV is in the media extra: pip install 'mmerkit[media]'")
 
 from mmerkit.extract.decode import decode, probe  # noqa: E402
+from mmerkit.extract.demo import mux_audio  # noqa: E402
 
 SR = 16000
 SENTENCE = "I am really happy to see you today"
@@ -68,13 +69,7 @@ def write_media(path: Path, seconds: float = 2.0, *, fps: int = 25, video: bool 
             out.mux(vs.encode())
         if as_ is not None:
             t = np.arange(int(seconds * SR)) / SR
-            wave = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
-            for k in range(0, len(wave), 1024):
-                frame = av.AudioFrame.from_ndarray(wave[None, k : k + 1024], format="s16",
-                                                   layout="mono")
-                frame.sample_rate, frame.pts = SR, k
-                out.mux(as_.encode(frame))
-            out.mux(as_.encode())
+            mux_audio(out, as_, (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16), SR)
     return path
 
 
@@ -151,13 +146,7 @@ def test_decode_video_shorter_than_audio_is_not_padded(tmp_path):
             frame.pts = i
             out.mux(vs.encode(frame))
         out.mux(vs.encode())
-        wave = (3000 * np.sin(np.arange(2 * SR) / 5)).astype(np.int16)  # 2 s of audio
-        for k in range(0, len(wave), 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, k : k + 1024], format="s16",
-                                               layout="mono")
-            frame.sample_rate, frame.pts = SR, k
-            out.mux(as_.encode(frame))
-        out.mux(as_.encode())
+        mux_audio(out, as_, (3000 * np.sin(np.arange(2 * SR) / 5)).astype(np.int16), SR)  # 2 s of audio
     assert decode(path, fps=5).frames.shape[0] == 5
     assert decode(path, start=0.5, end=1.8, fps=5).frames.shape[0] == 3  # 0.5, 0.7, 0.9 s
     after = decode(path, start=1.2, end=1.8, fps=5)

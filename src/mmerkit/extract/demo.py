@@ -77,9 +77,13 @@ def _picture(image, colour, width: int, height: int) -> np.ndarray:
 
 
 def _write_tone(out, stream, seconds: float, freq: float, loud: float, sample_rate: int) -> None:
-    av = require("av")
     t = np.arange(int(seconds * sample_rate)) / sample_rate
-    wave = (loud * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
+    mux_audio(out, stream, (loud * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16), sample_rate)
+
+
+def mux_audio(out, stream, wave: np.ndarray, sample_rate: int) -> None:
+    """Encode mono int16 samples into an open PyAV output's audio stream, then flush it."""
+    av = require("av")
     for k in range(0, len(wave), 1024):
         frame = av.AudioFrame.from_ndarray(wave[None, k:k + 1024], format="s16", layout="mono")
         frame.sample_rate = sample_rate
