@@ -122,3 +122,14 @@ def assert_mentions(message: str, *patterns: str) -> None:
     """Every regex in `patterns` occurs in `message` (an error line names the thing and the fix)."""
     for pat in patterns:
         assert re.search(pat, message), f"{pat!r} not in: {message}"
+
+
+def assert_beats_every_constant(test_metrics: dict) -> None:
+    """A run on EASY_SYNTH learned: test micro-F1 5 points above the best constant prediction,
+    and F1 > 0 on at least 3 labels."""
+    from mmerkit import api
+
+    trivial = best_constant_micro_f1(api.embedded_store(EASY_SYNTH).split("test").labels)
+    f1 = {k: round(v, 3) for k, v in test_metrics.items() if k.startswith("f1/")}
+    assert test_metrics["micro_f1"] > trivial + 0.05, (trivial, f1)
+    assert sum(v > 0 for v in f1.values()) >= 3, f1

@@ -9,7 +9,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from helpers import EASY_DATA, EASY_SYNTH, best_constant_micro_f1
+from helpers import EASY_DATA, assert_beats_every_constant
 
 from mmerkit.data.batch import Batch
 from mmerkit.data.store import DataSpec
@@ -210,7 +210,4 @@ def test_a_tiny_run_does_not_predict_the_most_frequent_label_only(tmp_path):
         *EASY_DATA, "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=32",
         "model.layers=1", "model.fusion_layers=1", "model.mask_k=4", "model.sinkhorn_iters=20",
         "train.epochs=6", "train.batch_size=32", "optim.lr=1e-3", "train.progress=false"])[0]
-    trivial = best_constant_micro_f1(api.embedded_store(EASY_SYNTH).split("test").labels)
-    f1 = {k: round(v, 3) for k, v in result.test_metrics.items() if k.startswith("f1/")}
-    assert result.test_metrics["micro_f1"] > trivial + 0.05, (trivial, f1)
-    assert sum(v > 0 for v in f1.values()) >= 3, f1
+    assert_beats_every_constant(result.test_metrics)
