@@ -7,6 +7,11 @@ threshold on validation, test evaluated once), plus the pooled-feature logistic 
     python benchmarks/quality.py --out runs/quality                       # every entry, seeds 1 2 3
     python benchmarks/quality.py --only carat early_fusion --seeds 1      # a subset
     python benchmarks/quality.py --only carat --set optim.lr=1e-4 --tag lr1e-4
+    python benchmarks/quality.py --table old/quality.json runs/quality/quality.json   # one table
+    python benchmarks/quality.py --table a/quality.json b/quality.json --only carat tailor
+
+`--table` prints one markdown table (per-label F1 and constant seeds included) from saved
+quality.json files; an entry in a later file replaces the same entry of an earlier one.
 
 Each entry's rows carry the per-label test F1 and, per seed, whether the run sits at a trivial
 solution (a constant prediction such as "always happy"; see per_seed).
@@ -163,6 +168,36 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def row_summary(row: dict) -> dict:
+    """Mean/std of every reported metric of a saved row: its aggregates, or (rows saved as
+    per-seed test metrics only) summarised from `per_seed[i]["test"]`."""
+    if isinstance(row.get("micro_f1"), dict):
+        return {k: v for k, v in row.items() if isinstance(v, dict) and "mean" in v}
+    tests = [seed["test"] for seed in row["per_seed"]]
+    return {k: summarise([t[k] for t in tests]) for k in tests[0]}
+
+
+def comparison_table(files: list[Path], only: list[str] | None = None) -> str:
+    """The README's comparison table from saved quality.json files (later files win), limited
+    to the entries `only` when given."""
+    rows: dict[str, dict] = {}
+    for file in files:
+        for row in json.loads(file.read_text()):
+            if not only or row["entry"] in only:
+                rows[row["entry"]] = row
+    labels = sorted({k for r in rows.values() for k in row_summary(r) if k.startswith("f1/")})
+    head = ["entry", "micro-F1", "Acc", "macro-F1", "HL", *[k[3:] for k in labels], "seeds", "constant seeds"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name, row in sorted(rows.items()):
+        summary = row_summary(row)
+        cells = [f"{summary[k]['mean']:.3f} ± {summary[k]['std']:.3f}" if k in summary else "-"
+                 for k in (*REPORTED, *labels)]
+        seeds = row.get("per_seed") or []
+        trivial = sum(s["trivial"] for s in seeds) if seeds else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(row.get('seeds') or seeds)} | {trivial} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=[*ENTRIES, "pooled_logreg"], help="entries to run")
@@ -171,7 +206,11 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra override for every entry")
     p.add_argument("--tag", default="", help="suffix of the output folder, to keep variants apart")
     p.add_argument("--out", type=Path, default=Path("runs/quality"))
+    p.add_argument("--table", nargs="+", type=Path, help="print one table from saved quality.json files")
     args = p.parse_args()
+    if args.table:
+        print(comparison_table(args.table, args.only))
+        return
     out = args.out / args.tag if args.tag else args.out
     names = args.only or [*ENTRIES, "pooled_logreg"]
     rows = []
