@@ -81,7 +81,7 @@ from mmerkit.config import ModelConfig
 from mmerkit.data.batch import Batch
 from mmerkit.data.store import DataSpec
 from mmerkit.models.base import MMERModel, ModelOutput, register_model
-from mmerkit.models.layers import grad_reverse
+from mmerkit.models.layers import grad_reverse, xavier_matrices
 
 LN_EPS_AMP = 1e-5  # the release passes layer_norm_eps = 1e-5 to every encoder and the decoder
 
@@ -211,9 +211,7 @@ class AMP(MMERModel):
         self.head = nn.Linear(d, 1)
         self.head_drop = nn.Dropout(c.head_dropout)
         self.scorers = nn.ModuleDict({m: nn.Linear(d, 1) for m in self.mods})
-        for p in self.parameters():  # the release: xavier-uniform for every matrix, after building
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
+        xavier_matrices(self)  # the release: xavier-uniform for every matrix, after building
 
     def _unimodal(self, xs: dict[str, Tensor], masks: dict[str, Tensor]) -> list[Tensor]:
         return [self.uni[m](xs[m], src_key_padding_mask=_padding(masks[m])) for m in self.mods]

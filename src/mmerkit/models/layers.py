@@ -41,6 +41,15 @@ def bert_init(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+def xavier_matrices(*modules: nn.Module) -> None:
+    """Xavier-uniform init of every parameter with more than one dimension (the weight matrices
+    and embedding tables) in `modules`; biases and LayerNorms keep their values."""
+    for module in modules:
+        for p in module.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+
 def attention_mask(mask: Tensor | None) -> Tensor | None:
     """(B, T) bool -> (B, 1, 1, T) bool for SDPA, or None when nothing is padded (fast path).
 
@@ -268,4 +277,5 @@ __all__ = [
     "grad_reverse",
     "input_norm",
     "masked_softmax",
+    "xavier_matrices",
 ]

@@ -123,6 +123,7 @@ from mmerkit.models.layers import (
     attention_mask,
     bert_init,
     input_norm,
+    xavier_matrices,
 )
 from mmerkit.models.losses import bce, modality_adversarial_loss, orthogonality_loss
 
@@ -266,14 +267,6 @@ def alignment_ctc(scores: Tensor, frames: Tensor, text_lengths: Tensor) -> Tenso
     targets = torch.arange(1, int(lengths.max()) + 1, device=scores.device).expand(len(lengths), -1)
     return F.ctc_loss(logp, targets, frames[keep].long(), lengths, blank=0, reduction="sum",
                       zero_infinity=True)
-
-
-def xavier_matrices(*modules: nn.Module) -> None:
-    """Xavier-uniform weights for every Linear and Embedding in `modules` (biases stay as set)."""
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.xavier_uniform_(m.weight)
 
 
 def pad_steps(x: Tensor, mask: Tensor, t: int) -> tuple[Tensor, Tensor]:
