@@ -1,0 +1,46 @@
+"""benchmarks/quality.py --table: the README's comparison table from saved results. Both saved
+row formats (aggregates, or per-seed test metrics only) give the same means, and a later file's
+entry replaces an earlier one's."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "quality.py"
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("quality_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def seed_row(seed: int, micro: float, trivial: bool) -> dict:
+    test = {"micro_f1": micro, "accuracy": micro - 0.1, "macro_f1": micro - 0.2, "hamming_loss": 1 - micro,
+            "f1/happy": micro, "f1/sad": 0.0 if trivial else micro / 2}
+    return {"seed": seed, "micro_f1": micro, "trivial": trivial, "test": test}
+
+
+def test_table_from_both_formats_later_files_win(quality, tmp_path):
+    per_seed_only = {"entry": "a", "per_seed": [seed_row(1, 0.5, True), seed_row(2, 0.7, False)]}
+    aggregated = {"entry": "b", "seeds": [1, 2, 3], "per_seed": [{"trivial": False}] * 3,
+                  **{k: {"mean": 0.6, "std": 0.01} for k in ("micro_f1", "accuracy", "macro_f1", "hamming_loss",
+                                                          "f1/happy", "f1/sad")}}
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps([per_seed_only, {**aggregated, "micro_f1": {"mean": 0.1, "std": 0.0}}]))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps([aggregated]))
+    lines = quality.comparison_table([old, new]).splitlines()
+    assert lines[0].split(" | ")[-3:] == ["sad", "seeds", "constant seeds |"]
+    row_a, row_b = lines[2], lines[3]
+    mean, std = statistics.fmean([0.5, 0.7]), statistics.stdev([0.5, 0.7])
+    assert row_a.startswith(f"| a | {mean:.3f} ± {std:.3f} |") and row_a.endswith("| 2 | 1 |")
+    assert row_b.startswith("| b | 0.600 ± 0.010 |") and row_b.endswith("| 3 | 0 |")  # new.json's b
+    assert quality.comparison_table([old, new], only=["b"]).count("\n") == 2  # header, rule, b
