@@ -209,6 +209,9 @@ def main() -> None:
     p.add_argument("--table", nargs="+", type=Path, help="print one table from saved quality.json files")
     args = p.parse_args()
     if args.table:
+        missing = [str(f) for f in args.table if not f.is_file()]
+        if missing:
+            p.error(f"--table: no such file {missing[0]} (pass quality.json files written by this script)")
         print(comparison_table(args.table, args.only))
         return
     out = args.out / args.tag if args.tag else args.out
