@@ -98,6 +98,7 @@ from mmerkit.models.layers import (
     SoftAligner,
     TransformerEncoder,
     input_norm,
+    xavier_matrices,
 )
 from mmerkit.models.losses import IGNORE, bce, masked_mse_sum, supcon_loss
 
@@ -216,8 +217,7 @@ class CARAT(MMERModel):
         # reconstruction net R_m (named by its target modality), one Linear(M*d -> d); xavier-
         # uniform weights as in the authors' code (torch's default range is 2-2.4x narrower)
         self.recon = nn.ModuleList(nn.Linear(M * d, d) for _ in self.mods)
-        for lin in self.recon:
-            nn.init.xavier_uniform_(lin.weight)
+        xavier_matrices(self.recon)
         self.classifier = nn.Parameter(torch.empty(M, L, d))
         nn.init.kaiming_uniform_(self.classifier.view(M * L, d), a=5 ** 0.5)
         if c.use_agg:

@@ -163,8 +163,7 @@ class MLP(nn.Module):
     def __init__(self, in_dim: int, hidden: int, out_dim: int):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(in_dim, hidden), nn.Linear(hidden, out_dim)
-        nn.init.xavier_uniform_(self.fc1.weight)
-        nn.init.xavier_uniform_(self.fc2.weight)
+        xavier_matrices(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.relu(self.fc1(x)))
