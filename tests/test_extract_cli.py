@@ -296,3 +296,39 @@ def test_dialogue_model_predicts_dialogues_from_a_manifest(media_dir, tmp_path, 
     preds = p.predict_media(manifest=tmp_path / "new.csv")
     assert preds.ids == ["talk"]  # one sample per dialogue, like the training store's
     np.testing.assert_allclose(preds.probs[0], p.predict(store, split="test").probs[0], atol=1e-5)
+
+
+def test_clips_without_text_get_their_own_answers(media_dir, tmp_path, plugin_path):
+    """Issue 20 item 1: on an unaligned store from `mmer extract`, a model trained with some
+    transcripts missing answers clips without text from their audio and video (CARAT, TAILOR
+    and RAMer soft-align audio/video to text, and used to mask everything away without text:
+    every such clip got one constant answer), and `evaluate(drop_modality="text")` measures it."""
+    rows = list(csv.DictReader(open(media_dir / "manifest.csv")))
+    for k, r in enumerate(rows):
+        r["media"] = str(media_dir / r["media"])
+        r["transcript"] = r["transcript"] if k % 2 else ""  # half the clips have no transcript
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    store = api.extract(tmp_path / "m.csv", tmp_path / "store", text="fake_text", audio="fake_audio",
+                        visual="fake_visual", plugins=["fake_extractors"], asr="off").store
+    assert not store.meta.get("aligned", False)
+    carat = ["model.hidden_size=16", "model.num_heads=2", "model.intermediate_size=16", "model.proj_size=8",
+             "model.default_layers=1", "model.moco_queue=64", "model.dropout=0.0"]
+    [run] = api.train("carat", store.path, out=tmp_path / "runs", epochs=1,
+                      overrides=[*carat, "train.progress=false", "train.batch_size=4"])
+    p = Predictor.from_pretrained(run.run_dir / "export")
+    clips = [media_dir / "new.mp4", media_dir / "c0.mp4", media_dir / "c3.mp4", media_dir / "c6.mp4"]
+    preds = p.predict_media(clips)
+    assert all(t in (None, "") for t in preds.extra["transcripts"].values())
+    spread = np.abs(preds.probs - preds.probs[0]).max(axis=0)
+    assert spread.max() > 1e-4, f"one answer for every clip without text: {preds.probs}"
+    # what `mmer eval --drop-modality text` scores: the test split without text, sample by sample
+    from mmerkit.engine import Engine
+
+    cfg, model, _, _ = api.load_run(run.run_dir)
+    dropped = Engine(cfg).predict_split(model, store, "test", drop_modality="text")
+    assert np.abs(dropped.probs - dropped.probs[0]).max() > 1e-4
+    metrics = api.evaluate(run.run_dir, split="test", drop_modality="text")
+    assert 0.0 <= metrics["micro_f1"] <= 1.0

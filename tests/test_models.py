@@ -10,6 +10,7 @@ from helpers import SPEC, make_batch
 
 from mmerkit.checkpoint import load_state_into, read_export, save_export
 from mmerkit.data.batch import Batch
+from mmerkit.data.store import DataSpec
 from mmerkit.models.base import MMERModel, SplitData, create_model, list_models, model_class
 
 torch.set_num_threads(1)
@@ -82,6 +83,34 @@ def test_missing_modality_is_ignored(name):
             clean, dirty = model(batch).probs, model(noisy).probs
         assert torch.isfinite(clean).all(), missing
         torch.testing.assert_close(dirty, clean, msg=lambda m, miss=missing: f"{name} reads masked {miss}: {m}")
+
+
+UNALIGNED = DataSpec(SPEC.labels, dict(SPEC.modalities), False, dict(SPEC.max_len))
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("missing", list(SPEC.modalities))
+@pytest.mark.parametrize("spec", [SPEC, UNALIGNED], ids=["aligned", "unaligned"])
+def test_every_model_uses_what_is_present(name, missing, spec):
+    """Samples that lack one modality (text included, on unaligned data where the other
+    modalities are soft-aligned to text) still get answers that depend on their other inputs,
+    and each sample's answer does not depend on the samples batched with it."""
+    torch.manual_seed(0)
+    fit_on = make_batch(spec=spec)
+    model = fit_if_closed_form(create_model(name, spec, model_class(name).test_params), fit_on).eval()
+    batch = make_batch(16, seed=3, missing=missing, spec=spec)
+    with torch.no_grad():
+        probs = model(batch).probs
+        assert float((probs - probs[0]).abs().max()) > 1e-4, f"{name}: one answer for every sample without {missing}"
+        alone = model(_rows(batch, [5])).probs
+    torch.testing.assert_close(alone[0], probs[5], atol=1e-5, rtol=1e-4)
+
+
+def _rows(batch: Batch, rows: list[int]) -> Batch:
+    pick = torch.as_tensor(rows)
+    return Batch({m: x[pick] for m, x in batch.inputs.items()}, {m: x[pick] for m, x in batch.masks.items()},
+                 batch.present[pick], batch.labels[pick], batch.index[pick], batch.modalities,
+                 {k: v[pick] for k, v in batch.extras.items()})
 
 
 @pytest.mark.parametrize("name", NEURAL)

@@ -62,6 +62,9 @@ Departures from the authors' code, and why:
 - Position tables are at least the store's max length (the reference's text table has 60 rows).
 - Unaligned data: the CTC-style aligner of §8.2 maps every other modality onto the first
   modality's (text's) length; `ctc_weight` > 0 adds a torch CTCLoss (the reference adds none).
+  A sample without text keeps its audio / visual evidence: it is aligned onto its own length
+  (capped at the text table; layers.aligned_lengths) instead of onto zero text steps, which
+  masked every modality away and gave every clip without a transcript one constant answer.
 - Speed and memory (same values): fused QKV matmul and scaled_dot_product_attention in the
   extractors; SupCon from per-class sums plus a chunked log-normaliser that reuses scratch
   buffers and, with pool anchors, visits only half of the symmetric pool-by-pool product; the
@@ -97,6 +100,7 @@ from mmerkit.models.layers import (
     LabelWiseAttention,
     SoftAligner,
     TransformerEncoder,
+    align_to_reference,
     input_norm,
     xavier_matrices,
 )
@@ -246,15 +250,16 @@ class CARAT(MMERModel):
 
     def _extract(self, batch: Batch, aux: dict) -> Tensor:
         """Input norm, (aligner), transformer and label-wise attention: e (B, M, L, d)."""
-        ref = self.mods[0]
-        t_ref = batch.inputs[ref].shape[1]
+        ref_mask = batch.masks[self.mods[0]]
+        t_ref = batch.inputs[self.mods[0]].shape[1]
         es = []
         for m in self.mods:
             x, mask = self.norms[m](batch.inputs[m].float()), batch.masks[m]
             if m in self.aligners:
-                x, scores = self.aligners[m](x, mask, t_ref)
-                aux.setdefault("ctc", []).append((scores, mask.sum(1), t_ref))
-                mask = batch.masks[ref] & mask.any(1, keepdim=True)
+                x, aligned_mask, scores, _ = align_to_reference(self.aligners[m], x, mask, ref_mask)
+                # the CTC targets are the text's steps: samples without text are left out (0 frames)
+                aux.setdefault("ctc", []).append((scores, mask.sum(1) * ref_mask.any(1), t_ref))
+                mask = aligned_mask
             es.append(self.lwa[m](self.extractors[m](x, mask), mask))
         return torch.stack(es, 1)
 

@@ -216,6 +216,32 @@ class SoftAligner(nn.Module):
                           reduction=reduction, zero_infinity=True)
 
 
+def aligned_lengths(mask: Tensor, ref_mask: Tensor, cap: int) -> Tensor:
+    """How many aligned steps each sample's soft-aligned sequence has: the reference's (text's)
+    length where the reference is present; where it is absent, the sample's own valid length
+    (at most `cap`, the aligner's out_len), so a clip without text keeps its audio / visual
+    evidence instead of being masked away; 0 where the modality itself is absent. (B,) long.
+
+    Each position's weights come from the aligner's softmax over all `out_len + 1` channels, so
+    a sample's aligned steps do not depend on the other samples in its batch."""
+    own, ref = mask.sum(1), ref_mask.sum(1)
+    return torch.where(ref > 0, ref, own.clamp(max=cap)) * (own > 0)
+
+
+def align_to_reference(aligner: SoftAligner, x: Tensor, mask: Tensor, ref_mask: Tensor,
+                       t_out: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Soft-align (B, T_in, D) onto the reference's steps (see `aligned_lengths` for samples
+    without a reference). Returns the aligned sequence (B, t_out, D), its mask (B, t_out), the
+    aligner's frame scores and the per-sample target lengths. `t_out` defaults to the longest
+    target length (at least the reference's padded length)."""
+    lengths = aligned_lengths(mask, ref_mask, aligner.out_len)
+    if t_out is None:
+        t_out = max(ref_mask.shape[1], int(lengths.max()) if lengths.numel() else 0, 1)
+    out, scores = aligner(x, mask, t_out)
+    steps = torch.arange(t_out, device=x.device)
+    return out, steps[None, :] < lengths[:, None], scores, lengths
+
+
 class _GradReverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, lam: float) -> Tensor:  # type: ignore[override]

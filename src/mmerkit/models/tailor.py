@@ -85,7 +85,9 @@ Departures from the authors' code, and why:
   (blank 0, targets 1..T_text, the sample's lengths) with reduction "sum", as warp-ctc's default in the
   release (peers §4.2): the SUM over the batch of each sample's negative log-likelihood, not
   divided by the batch size or the target length (torch's "mean" would make the term about
-  B x T times smaller). It only exists when the aligner is used.
+  B x T times smaller). It only exists when the aligner is used. A sample without text is
+  aligned onto its own length (capped; layers.aligned_lengths) and left out of the CTC term, so
+  its audio and visual inputs still count (aligning onto zero text steps masked them away).
 - M modalities instead of exactly three: the descent starts from the last two modalities
   ([p_{M-1} ; p_{M-2}], i.e. [audio ; visual]) and prepends one modality per encoder
   ([p_m ; fused]), then fuses with C; M = 3 gives the authors' chain. M encoders in all.
@@ -120,6 +122,8 @@ from mmerkit.models.layers import (
     EncoderLayer,
     SoftAligner,
     TransformerEncoder,
+    align_to_reference,
+    aligned_lengths,
     attention_mask,
     bert_init,
     input_norm,
@@ -329,16 +333,20 @@ class TAILOR(MMERModel):
 
     def _inputs(self, batch: Batch, aux: dict) -> tuple[list[Tensor], list[Tensor]]:
         """Normalised inputs of equal length T (aligned, padded, or soft-aligned to text)."""
-        ref = self.mods[0]
-        t = batch.inputs[ref].shape[1] if self.use_aligner else max(
-            batch.inputs[m].shape[1] for m in self.mods)
+        ref_mask = batch.masks[self.mods[0]]
+        if self.use_aligner:  # the text's steps; a sample without text keeps its own (aligned_lengths)
+            t = max([batch.inputs[self.mods[0]].shape[1], *(
+                int(aligned_lengths(batch.masks[m], ref_mask, self.seq_len).max())
+                for m in self.aligners if ref_mask.shape[0])])
+        else:
+            t = max(batch.inputs[m].shape[1] for m in self.mods)
         xs, masks = [], []
         for m in self.mods:
             x, mask = self.norms[m](batch.inputs[m].float()), batch.masks[m]
             if m in self.aligners:
-                x, scores = self.aligners[m](x, mask, t)
-                aux.setdefault("ctc", []).append((scores, mask.sum(1), batch.masks[ref].sum(1)))
-                mask = batch.masks[ref] & mask.any(1, keepdim=True)
+                x, aligned_mask, scores, _ = align_to_reference(self.aligners[m], x, mask, ref_mask, t)
+                aux.setdefault("ctc", []).append((scores, mask.sum(1), ref_mask.sum(1)))
+                mask = aligned_mask
             x, mask = pad_steps(x, mask, t)
             xs.append(x)
             masks.append(mask)
