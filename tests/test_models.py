@@ -167,3 +167,21 @@ def test_every_model_has_paper_and_tiny_config():
         assert cls.paper and cls.test_params, name
         # a year only where there is a paper to date: the fusion baselines are generic
         assert (cls.year is None) == (name in ("early_fusion", "late_fusion")) and (cls.year or 2000) > 1900, name
+
+
+@pytest.mark.parametrize("name", NEURAL)
+def test_most_relevant_modality_is_one_the_sample_has(name):
+    """Issue 20 item 2: `top_modality` (CLI, JSON, CSV, the server) never names a modality the
+    sample lacks, whatever score the model gives the absent one."""
+    from mmerkit.predict import Predictor
+
+    model = build(name)
+    predictor = Predictor(model, {"spec": SPEC.to_dict(), "labels": list(SPEC.labels), "threshold": 0.5})
+    batch = make_batch(16, seed=2, missing="text")
+    preds = predictor.predict(batch)
+    assert preds.present is not None and not preds.present[:, 0].any()
+    if preds.top_modality is None:
+        pytest.skip(f"{name} gives no modality-to-label scores")
+    assert (preds.top_modality != 0).all()
+    named = {m for row in preds.rows(joined=False) for m in (x.split(":")[1] for x in row.get("modalities", []))}
+    assert "text" not in named

@@ -167,6 +167,7 @@ def test_media_upload_runs_extractors_in_a_worker(server, predictor, clips):
     r = httpx.post(f"{url}/v1/predict", files={"file": ("a", clips["wav"].read_bytes())}, headers=AUTH, timeout=60)
     assert r.status_code == 200, r.text
     assert r.json()["predictions"][0]["modalities_present"] == ["audio"]
+    assert set(r.json()["predictions"][0]["top_modality"].values()) == {"audio"}  # never the absent text
     assert list(app.state.serve.uploads.path.iterdir()) == []  # every upload removed
 
 

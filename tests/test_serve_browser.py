@@ -116,7 +116,25 @@ def _check_against(shown: dict, pred: dict) -> None:
     scores = pred["modality_label_scores"]
     assert len(shown["cells"]) == len(scores) * len(pred["probabilities"])
     for (m, label), text in shown["cells"].items():
-        assert text == f"{scores[m][label]:.2f}"
+        # an absent modality is shown as absent, never as a (possibly darkest) relevance cell
+        assert text == (f"{scores[m][label]:.2f}" if m in pred["modalities_present"] else "absent")
+
+
+def test_a_clip_without_text_shows_text_as_absent(site):
+    """Issue 20 item 2: no transcript -> text is absent; it is neither the top modality nor shaded."""
+    from selenium.webdriver.common.by import By
+
+    url, browser, clip, _ = site
+    _open(browser, url)
+    browser.find_element(By.ID, "file").send_keys(str(clip))
+    browser.find_element(By.ID, "predict").click()
+    _wait_done(browser)
+    pred = _api(url, files={"file": ("c.mp4", clip.read_bytes())})
+    assert "text" not in pred["modalities_present"]
+    assert set(pred["top_modality"].values()) <= set(pred["modalities_present"])
+    shown = _shown(browser)
+    _check_against(shown, pred)
+    assert {text for (m, _), text in shown["cells"].items() if m == "text"} == {"absent"}
 
 
 def test_upload_a_clip_and_see_the_emotions(site):

@@ -43,6 +43,7 @@ class Predictions:
     modalities: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
     scores: np.ndarray | None = None  # (N, M, L) modality_label_scores, where the model has them
+    present: np.ndarray | None = None  # (N, M) bool: the sample has the modality (>= 1 step)
 
     @property
     def label_sets(self) -> list[list[str]]:
@@ -83,6 +84,14 @@ class Predictions:
                 w.writeheader()
                 w.writerows(rows)
         return path
+
+
+def top_present_modality(scores: np.ndarray | None, present: np.ndarray) -> np.ndarray | None:
+    """(N, L) index of each label's most relevant modality among those the sample HAS: an
+    absent modality's score (whatever the model gives it) never wins. None without scores."""
+    if scores is None:
+        return None
+    return np.where(present[:, :, None], scores, -np.inf).argmax(1)
 
 
 def check_output_suffix(path: str | Path) -> Path:
@@ -260,30 +269,30 @@ class Predictor:
         check_same_extractors(self.meta.get("extractors"), store.meta.get("extractors"),
                               "the model's training store", str(store.path))
 
-    def _run(self, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray | None]:
+    def _run(self, batches: Iterable[Batch]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         out = forward_batches(self.model, batches, device=self.device, keep=("scores",))
-        return out.probs, out.scores
+        return out.probs, out.scores, out.present
 
     def predict(self, inputs: str | Path | FeatureStore | Mapping[str, np.ndarray] | Batch,
                 split: str = "test", batch_size: int = 256) -> Predictions:
         """Predict a store split, a Batch, or arrays {modality: (N, T, D) or (N, D)} (+ `<m>_len`)."""
         if isinstance(inputs, Batch):
             ids = [str(i) for i in inputs.index.tolist()]
-            p, s = self._run([inputs])
+            p, s, present = self._run([inputs])
         elif isinstance(inputs, Mapping):
             batch = self._arrays_to_batch(inputs)
             ids = [str(i) for i in range(batch.size)]
-            p, s = self._run([batch])
+            p, s, present = self._run([batch])
         else:
             store = inputs if isinstance(inputs, FeatureStore) else FeatureStore(inputs)
             self._check_store(store)
-            p, s = self._run(split_batches(store, split, modalities=tuple(self.spec.modalities),
-                                           batch_size=batch_size))
+            p, s, present = self._run(split_batches(store, split, modalities=tuple(self.spec.modalities),
+                                                    batch_size=batch_size))
             sp = store.split(split)
             ids = [sp.sample_id(i) for i in range(len(sp))]
         pred = binarize(p, np.asarray(self.threshold))
-        top = s.argmax(1) if s is not None else None
-        return Predictions(ids, self.labels, p, pred, top, tuple(self.spec.modalities), scores=s)
+        return Predictions(ids, self.labels, p, pred, top_present_modality(s, present),
+                           tuple(self.spec.modalities), scores=s, present=present)
 
     def _arrays_to_batch(self, arrays: Mapping[str, np.ndarray]) -> Batch:
         items: dict = {"modalities": tuple(self.spec.modalities)}
