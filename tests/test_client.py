@@ -17,6 +17,7 @@ from serve_helpers import (  # noqa: E402
 )
 
 from mmerkit.client import Client, ServerError, arrays_to_samples  # noqa: E402
+from mmerkit.errors import DataError  # noqa: E402
 from mmerkit.predict import Predictor  # noqa: E402
 from mmerkit.serve import ServeSettings, create_app  # noqa: E402
 
@@ -81,7 +82,39 @@ def test_model_health_and_errors(setup):
 
 
 def test_arrays_to_samples_cuts_padding():
-    samples = arrays_to_samples({"a": np.ones((2, 3, 2)), "a_len": np.array([3, 0]), "b": np.ones((2, 4))})
+    samples = arrays_to_samples({"a": np.ones((2, 3, 2)), "a_len": np.array([3, 0]), "b": np.ones((2, 1, 4)),
+                                 "c": None})
     assert samples[0]["a"] == [[1.0, 1.0]] * 3 and samples[1]["a"] is None
-    assert samples[1]["b"] == [[1.0] * 4]
+    assert samples[1]["b"] == [[1.0] * 4] and samples[0]["c"] is None
+
+
+def test_one_sample_and_many_samples_are_distinct_forms(setup):
+    """Issue 20 item 3: (T, D) arrays for one sample went out as T one-step samples; None for a
+    missing modality raised an IndexError. Now: predict_one(sample) / predict(batch, N first),
+    a 2-D array in the batch form is refused as ambiguous, and None means missing."""
+    url, predictor, _ = setup
+    client = Client(url, TOKEN)
+    rng = np.random.default_rng(3)
+    text, audio = rng.normal(size=(5, 8)).astype("f4"), rng.normal(size=(5, 4)).astype("f4")
+    with pytest.raises(DataError, match=r"'text' has shape \(5, 8\), which is ambiguous.*predict_one"):
+        client.predict({"text": text, "audio": audio})
+    with pytest.raises(DataError, match="ambiguous"):
+        predictor.predict({"text": text, "audio": audio})
+    one = client.predict_one({"text": text, "audio": audio, "id": "me"})
+    ref = predictor.predict_one({"text": text, "audio": audio})
+    assert one["id"] == "me" and len(ref.ids) == 1
+    np.testing.assert_allclose([one["probabilities"][lab] for lab in predictor.labels], ref.probs[0], atol=1e-5)
+    # None: the modality is missing (the same as a length of 0)
+    no_audio = client.predict_one({"text": text, "audio": None})
+    assert no_audio["modalities_present"] == ["text"]
+    ref = predictor.predict({"text": text[None], "audio": None})
+    np.testing.assert_allclose([no_audio["probabilities"][lab] for lab in predictor.labels], ref.probs[0], atol=1e-5)
+    many = client.predict({"text": np.stack([text, text]), "audio": None})
+    assert len(many) == 2 and all(p["modalities_present"] == ["text"] for p in many)
+    with pytest.raises(DataError, match="one sample is \\(T, D\\)"):
+        predictor.predict_one({"text": text[None], "audio": None})
+    with pytest.raises(DataError, match="every modality is None"):
+        client.predict({"text": None, "audio": None})
+    with pytest.raises(DataError, match="'audio': None"):
+        predictor.predict({"text": text[None]})
 

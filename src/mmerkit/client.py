@@ -2,11 +2,14 @@
 
 Example:
     >>> from mmerkit.client import Client
+    >>> # one sample: predict_one({m: (T, D) or None}); many: predict({m: (N, T, D) or None})
     >>> c = Client("http://127.0.0.1:8000", token="s3cret")                 # doctest: +SKIP
     >>> c.model()["labels"]                                                  # doctest: +SKIP
     ['happy', 'sad', 'anger', 'surprise', 'disgust', 'fear']
-    >>> c.predict({"text": x_text, "audio": x_audio})[0]["labels"]           # doctest: +SKIP
+    >>> c.predict_one({"text": x_text, "audio": None})["labels"]    # doctest: +SKIP
     ['happy']
+    >>> len(c.predict({"text": xs_text, "audio": xs_audio}))       # doctest: +SKIP
+    16
     >>> c.predict("clip.mp4", transcript="what a day")[0]["probabilities"]   # doctest: +SKIP
 """
 
@@ -23,7 +26,7 @@ from urllib import error, request
 
 import numpy as np
 
-from mmerkit.errors import MMERError
+from mmerkit.errors import DataError, MMERError
 
 __all__ = ["Client", "ServerError"]
 
@@ -61,10 +64,11 @@ class Client:
                 transcript: str | None = None) -> list[dict[str, Any]]:
         """Predictions, one dict per sample (labels, probabilities, modality_label_scores, ...).
 
-        `inputs` is what `Predictor.predict` takes as arrays (`{modality: (N, T, D) or (N, D),
-        "<modality>_len": (N,)}`), a list of samples (`{modality: (T, D) array or None}`, with an
-        optional "id"), the path of an `.npz` of such arrays, or the path of a clip (video or audio,
-        with an optional `transcript`)."""
+        `inputs` is what `Predictor.predict` takes as arrays (`{modality: (N, T, D) or None,
+        "<modality>_len": (N,)}`, the batch axis first; a 2-D array is refused as ambiguous), a
+        list of samples (`{modality: (T, D) array or None}`, with an optional "id"), the path of
+        an `.npz` of such arrays, or the path of a clip (video or audio, with an optional
+        `transcript`). One sample: `predict_one`."""
         if isinstance(inputs, (str, Path)):
             return self._predict_file(Path(inputs), transcript)
         if transcript is not None:
@@ -72,6 +76,15 @@ class Client:
         samples = arrays_to_samples(inputs) if isinstance(inputs, Mapping) else [_sample_json(s) for s in inputs]
         return self._call("POST", "/v1/predict", json.dumps({"samples": samples}).encode(),
                           "application/json")["predictions"]
+
+    def predict_one(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """The prediction for ONE sample: {modality: (T, D) array, (D,) vector or None; "id": optional}."""
+        from mmerkit.arrays import sample_arrays
+
+        arrays = sample_arrays(sample)
+        if "id" in sample:
+            arrays["ids"] = [str(sample["id"])]
+        return self.predict(arrays)[0]
 
     def predict_media(self, path: str | Path, transcript: str | None = None) -> dict[str, Any]:
         """The prediction for one clip."""
@@ -107,20 +120,20 @@ def _server_error(e: error.HTTPError) -> ServerError:
 
 
 def arrays_to_samples(arrays: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """`{m: (N, T, D) or (N, D), m_len: (N,), ids?: (N,)}` -> JSON samples (padding cut off)."""
-    mods = [k for k in arrays if not k.endswith("_len") and k != "ids"]
-    if not mods:
-        raise ValueError("no modality arrays given")
-    data = {m: np.asarray(arrays[m], np.float32) for m in mods}
-    data = {m: x[:, None, :] if x.ndim == 2 else x for m, x in data.items()}
-    n = len(next(iter(data.values())))
+    """`{m: (N, T, D) or None, m_len: (N,), ids?: (N,)}` -> JSON samples (padding cut off;
+    mmerkit.arrays.batch_arrays checks the shapes)."""
+    from mmerkit.arrays import batch_arrays
+
+    n, data, lens = batch_arrays(arrays)
     ids = [str(i) for i in arrays["ids"]] if "ids" in arrays else [str(i) for i in range(n)]
+    if len(ids) != n:
+        raise DataError(f"ids holds {len(ids)} names for {n} samples")
     samples = []
     for i in range(n):
         s: dict[str, Any] = {"id": ids[i]}
         for m, x in data.items():
-            t = int(np.asarray(arrays[f"{m}_len"])[i]) if f"{m}_len" in arrays else x.shape[1]
-            s[m] = x[i, :t].tolist() if t > 0 else None
+            t = int(lens[m][i])
+            s[m] = x[i, :t].tolist() if x is not None and t > 0 else None
         samples.append(s)
     return samples
 

@@ -275,7 +275,9 @@ class Predictor:
 
     def predict(self, inputs: str | Path | FeatureStore | Mapping[str, np.ndarray] | Batch,
                 split: str = "test", batch_size: int = 256) -> Predictions:
-        """Predict a store split, a Batch, or arrays {modality: (N, T, D) or (N, D)} (+ `<m>_len`)."""
+        """Predict a store split, a Batch, or arrays {modality: (N, T, D) or None} (+ `<m>_len`:
+        each sample's valid steps, 0 = the sample lacks it). The batch axis comes first; a 2-D
+        array is refused as ambiguous (one sample: `predict_one`)."""
         if isinstance(inputs, Batch):
             ids = [str(i) for i in inputs.index.tolist()]
             p, s, present = self._run([inputs])
@@ -294,40 +296,44 @@ class Predictor:
         return Predictions(ids, self.labels, p, pred, top_present_modality(s, present),
                            tuple(self.spec.modalities), scores=s, present=present)
 
-    def _arrays_to_batch(self, arrays: Mapping[str, np.ndarray]) -> Batch:
-        items: dict = {"modalities": tuple(self.spec.modalities)}
-        n = None
-        for m, dim in self.spec.modalities.items():
+    def _arrays_to_batch(self, arrays: Mapping[str, np.ndarray | None]) -> Batch:
+        """The many-sample form (mmerkit.arrays.batch_arrays) checked against the model's inputs."""
+        from mmerkit.arrays import batch_arrays
+
+        want = dict(self.spec.modalities)
+        unknown = [k for k in arrays if k not in want and not k.endswith("_len") and k != "ids"]
+        if unknown:
+            raise DataError(f"input has unknown modalities {unknown}; the model expects {list(want)}")
+        for m in want:
             if m not in arrays:
-                raise DataError(f"input has no {m!r} features; the model expects {dict(self.spec.modalities)}")
-            x = np.asarray(arrays[m], np.float32)
-            x = x[:, None, :] if x.ndim == 2 else x
-            if x.ndim != 3 or x.shape[-1] != dim:
-                raise DataError(f"input {m!r} has shape {np.shape(arrays[m])}; expected (N, T, {dim}) or (N, {dim})")
+                raise DataError(f"input has no {m!r} features; the model expects {want} (pass {m!r}: None "
+                                f"for samples without {m})")
+        n, xs, lens = batch_arrays(arrays)
+        items: dict = {"modalities": tuple(want)}
+        for m, dim in want.items():
+            x = xs[m] if xs[m] is not None else np.zeros((n, 1, dim), np.float32)
+            if x.shape[-1] != dim:
+                raise DataError(f"input {m!r} has shape {x.shape}; expected (N, T, {dim})")
             if not np.isfinite(x).all():
                 raise DataError(f"input {m!r} contains NaN/inf; clean it first")
-            n = x.shape[0] if n is None else n
-            if x.shape[0] != n:
-                raise DataError(f"input {m!r} has {x.shape[0]} samples, other modalities have {n}")
             if x.shape[1] == 0:
                 raise DataError(f"input {m!r} has shape {x.shape}: no time steps (T = 0); give at least one "
-                                f"step, or lengths {m}_len = 0 for samples that lack {m!r}")
-            items[f"x:{m}"] = x
-            items[f"len:{m}"] = np.asarray(arrays.get(f"{m}_len", np.full(n, x.shape[1])), np.int64)
-            bad = np.flatnonzero((items[f"len:{m}"] < 0) | (items[f"len:{m}"] > x.shape[1]))
-            if items[f"len:{m}"].shape != (n,) or bad.size:
-                raise DataError(f"input {m}_len must hold {n} lengths in [0, {x.shape[1]}] (T of {m!r}); "
-                                f"got {np.asarray(arrays.get(f'{m}_len')).tolist()[:8]}")
-        empty = np.flatnonzero(~np.stack([items[f"len:{m}"] > 0 for m in self.spec.modalities]).any(0))
+                                f"step, or None / lengths {m}_len = 0 for samples that lack {m!r}")
+            items[f"x:{m}"], items[f"len:{m}"] = x, lens[m]
+        empty = np.flatnonzero(~np.stack([lens[m] > 0 for m in want]).any(0))
         if empty.size:
             raise DataError(f"input sample {int(empty[0])} has length 0 in every modality ({empty.size} such "
                             "samples): there is nothing to predict from; drop those samples")
-        unknown = [k for k in arrays if k not in self.spec.modalities and not k.endswith("_len")]
-        if unknown:
-            raise DataError(f"input has unknown modalities {unknown}; the model expects {list(self.spec.modalities)}")
         items["labels"] = np.zeros((n, len(self.labels)), np.float32)
         items["index"] = np.arange(n)
         return collate(items)
+
+    def predict_one(self, sample: Mapping[str, np.ndarray | None]) -> Predictions:
+        """Predict ONE sample: {modality: (T, D) array, (D,) vector, or None when missing}.
+        Many samples go to `predict` with a batch axis first: {modality: (N, T, D)}."""
+        from mmerkit.arrays import sample_arrays
+
+        return self.predict(sample_arrays(sample))
 
     # -- media (mmerkit.extract): the export's extractors on new clips
     def predict_media(self, media: str | Path | Sequence[str | Path | None] | None = None,
