@@ -560,3 +560,69 @@ def test_unknown_modality_in_config_and_bad_max_len(tmp_path, capsys):
                      "--max-len", "-3")
     assert_mentions(err, r"option --max-len got -3: give the number of steps to keep, >= 1")
     assert snapshot(tmp_path) == {**before, **{k: v for k, v in snapshot(tmp_path).items() if k == "d.npz"}}
+
+
+def _out_commands(tmp_path: Path, trained, out: Path) -> dict[str, list[str]]:
+    """train, predict, data synth and extract, each writing under `out`."""
+    store, run = trained
+    (tmp_path / "m.csv").write_text("id,transcript,labels,split\na,hello there,joy,train\n")
+    return {
+        "train": ["train", "-m", "early_fusion", "-d", str(store.path), "--out", str(out / "runs"), "--epochs", "1"],
+        "predict": ["predict", str(run), "--inputs", str(store.path), "--out", str(out / "p" / "preds.csv")],
+        "data synth": ["data", "synth", "--out", str(out / "synth")],
+        "extract": ["extract", str(tmp_path / "m.csv"), "--out", str(out / "store"), "--audio", "none",
+                    "--visual", "none"],
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "data synth", "extract"])
+def test_out_under_a_file_is_one_line_and_nothing_written(trained, tmp_path, capsys, command):
+    """Issue 20 item 4: an --out that cannot be a folder is refused first (exit 2, one line naming
+    it), not a 44-52-line traceback after the work."""
+    (tmp_path / "blocked").write_text("a file where a folder should be")
+    args = _out_commands(tmp_path, trained, tmp_path / "blocked")[command]
+    before = snapshot(tmp_path)
+    err = mmer_fails(capsys, *args)
+    assert_mentions(err, r"--out \S*blocked\S*: \S*blocked is a file, not a folder")
+    assert snapshot(tmp_path) == before
+
+
+def _read_only_runner(folder: Path):
+    """A way to run `mmer` against a read-only `folder`: chmod for a normal user; for root (which
+    ignores permissions) a private read-only bind mount (unshare); None where neither works."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    python = [sys.executable, "-m", "mmerkit"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda args: subprocess.run([*python, *args], capture_output=True, text=True, env=env)
+    mount = f"mount --bind {shlex.quote(str(folder))} {shlex.quote(str(folder))} && " \
+            f"mount -o remount,ro,bind {shlex.quote(str(folder))}"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"{mount} && ! touch {shlex.quote(str(folder / 'x'))}"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return None
+    return lambda args: subprocess.run(["unshare", "-m", "sh", "-c", f"{mount} && exec {shlex.join([*python, *args])}"],
+                                       capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "data synth", "extract"])
+def test_read_only_out_folder_is_one_line_and_nothing_written(trained, tmp_path, command):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    run = _read_only_runner(ro)
+    if run is None:
+        pytest.skip("cannot make a read-only folder here (root without unshare/mount)")
+    try:
+        res = run(_out_commands(tmp_path, trained, ro)[command])
+    finally:
+        ro.chmod(0o755)
+    assert res.returncode == 2, res.stderr
+    err = res.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err, err
+    assert_mentions(err, r"--out \S*ro\S*", "read-only|not writable")
+    assert list(ro.iterdir()) == []

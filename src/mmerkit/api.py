@@ -31,6 +31,7 @@ from mmerkit.errors import (
     DataError,
     MMERError,
     TrainingInterrupted,
+    check_writable_dir,
 )
 from mmerkit.metrics import MAIN_METRICS
 from mmerkit.registry import did_you_mean
@@ -120,6 +121,7 @@ def data_synth(out: str | Path, samples: int | None = None, seed: int | None = N
     """Write the embedded synthetic dataset as a FeatureStore at `out`."""
     from mmerkit.data.synthetic import SynthConfig, write_synthetic
 
+    check_writable_dir(out, "--out")
     if samples is not None:
         params["samples"] = samples
     if seed is not None:
@@ -141,6 +143,7 @@ def data_convert(source: str, path: str | Path, out: str | Path, labels_from: st
                           f"Known: {', '.join(names)}")
     fn = table[source]["convert"]
     _check_converter_options(source, fn, options)
+    check_writable_dir(out, "--out")
     kwargs: dict[str, Any] = {"nan_policy": nan_policy, "overwrite": overwrite, **options}
     if source == "mosei-unaligned":
         if labels_from is None:
@@ -245,6 +248,7 @@ def train(model: str | None = None, data: str | Path | FeatureStore | None = Non
         from mmerkit.plan import training_plan
 
         return training_plan(configure, data, Path(out), seeds, resume=resume)
+    check_writable_dir(out, "--out")
     return train_seeds(configure, data, Path(out), seeds, resume=resume)
 
 
@@ -369,6 +373,7 @@ def predict(export_dir: str | Path, inputs: str | Path | None = None, split: str
         raise ConfigError("predict needs exactly one source: a store (--inputs) or media (--media / --manifest)")
     if out is not None:
         check_output_suffix(out)  # before the work, not after it
+        check_writable_dir(Path(out).parent, "--out")
     export_dir = Path(export_dir)
     if not (export_dir / "config.json").exists() and (export_dir / "export" / "config.json").exists():
         export_dir = export_dir / "export"  # accept the run directory too
@@ -408,6 +413,7 @@ def extract(manifest: str | Path, out: str | Path, *, config: Any = None, text: 
     from mmerkit.extract.config import make_config
     from mmerkit.extract.pipeline import run_extract
 
+    check_writable_dir(out, "--out")
     cfg = make_config(config, text=text, audio=audio, visual=visual, fps=fps, sample_rate=sample_rate,
                       align=align, asr=asr, word_timings=None if word_timings is None else str(word_timings),
                       level=level, max_len=max_len, plugins=None if plugins is None else list(plugins))
@@ -432,6 +438,8 @@ def report(paths: Sequence[str | Path] | str | Path, fmt: str | None = None,
     from mmerkit.report import format_table
     from mmerkit.report import report as _report
 
+    if out is not None:
+        check_writable_dir(Path(out).parent, "--out")
     rows = _report(paths)
     if out is not None:
         out = Path(out)
@@ -512,6 +520,7 @@ def ablate(model: str = "carat", data: str | Path | None = None, *, out: str | P
 
     variants = {"full": {}, **_select_ablations(model, model_ablations(model), only)}
     out = Path(out)
+    check_writable_dir(out, "--out")
     cfg0 = build_config(model, None, config, overrides, epochs=epochs, **train_kw)
     store = resolve_store(data, cfg0)
     results: dict[str, dict] = {}
@@ -557,6 +566,8 @@ def plot(kind: str, run: str | Path, out: str | Path | None = None, data: str | 
         raise ConfigError(f"unknown plot {kind!r}.{did_you_mean(kind, list(viz.PLOT_KINDS))} "
                           f"Plots: {', '.join(viz.PLOT_KINDS)}")
     _check_plot_options(kind, options)
+    if out is not None:
+        check_writable_dir(Path(out).parent, "--out")
     run = Path(run)
     if kind == "curves":
         fig = viz.plot_curves(run)

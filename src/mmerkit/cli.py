@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import sys
 from pathlib import Path
@@ -431,6 +432,9 @@ def _report_interrupts():
         raise CommandInterrupted(str(e)) from None
 
 
+_FILE_SYSTEM_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
 def main(argv: list[str] | None = None) -> None:
     import warnings
 
@@ -445,6 +449,15 @@ def main(argv: list[str] | None = None) -> None:
     except MMERError as e:
         # soft_wrap: one line per message however narrow the terminal; escape: paths may hold [ ]
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}")
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in _FILE_SYSTEM_ERRORS:
+            raise
+        # the commands check their output folders first; this catches a disk that fills, or a
+        # folder made read-only, during the work: one line naming the file, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(where + e.strerror)}; "
+                                                   "free space or choose a writable --out folder")
         sys.exit(2)
     finally:
         warnings.showwarning = shown

@@ -37,3 +37,31 @@ class TrainingInterrupted(KeyboardInterrupt):
 class CommandInterrupted(MMERError):
     """The CLI's form of TrainingInterrupted: printed as one `interrupted:` line, exit code 130
     (typer would otherwise turn Ctrl-C into a silent exit)."""
+
+
+def check_writable_dir(folder, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be written: one ConfigError naming
+    the folder (a path under a file, a read-only folder or file system, no permission).
+
+    Nothing is created: the nearest existing folder on the way is probed with a temporary file
+    that is removed at once, so a refused command leaves nothing behind."""
+    import errno
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = folder if probe == folder else f"{folder}: {probe}"
+        raise ConfigError(f"{option} {where} is a file, not a folder; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".mmerkit-write-test-"):
+            pass
+    except OSError as e:
+        why = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)",
+               errno.EPERM: "is not writable (permission denied)", errno.ENOSPC: "has no space left",
+               errno.EDQUOT: "is over its disk quota"}.get(e.errno, f"cannot be written ({e.strerror})")
+        where = folder if probe == folder else f"{folder} (its folder {probe})"
+        raise ConfigError(f"{option} {where} {why}; choose a writable {option} folder") from None
