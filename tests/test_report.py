@@ -157,3 +157,46 @@ def test_ablate_rejects_unknown_variant(tmp_path):
         api.ablate("carat", None, out=tmp_path, only=["no-c"])
     with pytest.raises(MMERError, match="defines no ablations"):
         api.ablate("early_fusion", None, out=tmp_path)
+
+
+def test_degenerate_results_are_warned_after_training_and_in_report(tmp_path, capsys):
+    """Issue 20 item 5: a tiny validation/test split and a constant prediction (here every label
+    for every sample, at threshold 0) passed without a word; now training warns at its end, the
+    run keeps the warnings (warnings.json), and `mmer report` says them again."""
+    from helpers import API_QUIET
+
+    from mmerkit.cli import main
+
+    store = toy_store(tmp_path / "store", n_train=32, n_valid=5, n_test=8)
+    with pytest.warns(UserWarning) as caught:
+        [run] = api.train("early_fusion", store.path, out=tmp_path / "runs", epochs=1, overrides=TINY,
+                          threshold=0.0, **API_QUIET)
+    said = " | ".join(str(w.message) for w in caught)
+    assert "the valid split has only 5 sample(s): the best epoch and the threshold are chosen on it" in said
+    assert "the test split has only 8 sample(s)" in said
+    assert "every valid sample gets the same prediction (every label)" in said
+    assert "every test sample gets the same prediction (every label)" in said
+    assert run.warnings == json.loads((run.run_dir / "warnings.json").read_text()) and len(run.warnings) == 4
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "runs")])
+    assert e.value.code in (0, None)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 4 and "every valid sample gets the same prediction" in err
+    assert [r["warnings"] for r in api.report(tmp_path / "runs")][0] == [f"{run.run_dir}: {n}" for n in run.warnings]
+
+
+def test_a_healthy_run_has_no_warnings(tmp_path):
+    from helpers import API_QUIET
+
+    store = toy_store(tmp_path / "store", n_train=64, n_valid=24, n_test=32)
+    with warnings_as_list() as caught:
+        [run] = api.train("early_fusion", store.path, out=tmp_path / "runs", epochs=3, overrides=TINY, **API_QUIET)
+    assert run.warnings == [] or all("same prediction" in w for w in run.warnings), run.warnings
+    assert not [w for w in caught if "sample(s)" in str(w.message)]
+
+
+def warnings_as_list():
+    import warnings
+
+    return warnings.catch_warnings(record=True)

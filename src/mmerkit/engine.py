@@ -29,6 +29,7 @@ import inspect
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ from mmerkit.metrics import (
     HIGHER_IS_BETTER,
     binarize,
     compute_metrics,
+    degenerate_notes,
     format_metrics,
     search_threshold,
 )
@@ -498,18 +500,23 @@ class Engine:
         test = self.evaluate(model, store, "test", np.asarray(threshold))
         test_metrics = {**test.metrics, "best_epoch": state.best_epoch, "seed": t.seed,
                         "threshold": threshold if isinstance(threshold, float) else float(np.mean(threshold))}
+        notes = degenerate_notes({name: binarize(res.probs, np.asarray(threshold))
+                                  for name, res in (("valid", valid), ("test", test))}, store.labels)
         if run is not None and self.is_main:
             # the export first: test_metrics.json marks the run finished, so it is written last
             save_export(run.export_dir, model, export_meta(self.cfg, model, store, threshold))
-            run.write_results(valid.metrics, test_metrics)
+            run.write_results(valid.metrics, test_metrics, notes)
         if self._tb is not None:
             self._tb.finalize("success")
             self._tb = None
         self.fabric.barrier()
         self.print(f"[bold green]test[/] (best epoch {state.best_epoch}, threshold "
                    f"{_fmt_threshold(threshold)}): {format_metrics(test.metrics)}")
+        if self.is_main:
+            for note in notes:
+                warnings.warn(f"{run_dir or 'this run'}: {note}", stacklevel=2)
         return RunResult(run_dir, state.best_epoch, float(state.best_score), threshold, valid.metrics,
-                         test_metrics, state.history)
+                         test_metrics, state.history, notes)
 
     # -- files
     def _save(self, path: Path, model, fmodel, optimizer, scheduler, state: _TrainState, spec,

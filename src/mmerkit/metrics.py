@@ -396,3 +396,30 @@ def format_metrics(
         'micro_f1 0.5123 | accuracy 0.4000'
     """
     return " | ".join(f"{k} {float(m[k]):.4f}" for k in keys if k in m)
+
+
+# fewer samples than this in the split that chooses the epoch and threshold (or in the test
+# split) make those choices, and the test number, noise: one sample is 5 points of F1 or more
+MIN_SPLIT_SAMPLES = 20
+
+
+def degenerate_notes(predicted: dict[str, np.ndarray], label_names: Sequence[str]) -> list[str]:
+    """Warnings about results that look like numbers and are not: a split under
+    MIN_SPLIT_SAMPLES samples, or one label set predicted for every sample of a split.
+    `predicted`: split name -> (N, L) 0/1 predictions at the chosen threshold."""
+    notes = []
+    for split, pred in predicted.items():
+        pred = np.asarray(pred)
+        n = len(pred)
+        role = {"valid": "the best epoch and the threshold are chosen on it",
+                "test": "its metrics measure next to nothing"}.get(split, "its metrics are noise")
+        if n < MIN_SPLIT_SAMPLES:
+            notes.append(f"the {split} split has only {n} sample(s): {role}; give it at least "
+                         f"{MIN_SPLIT_SAMPLES} (a seeded split of a small manifest gives tiny splits)")
+        if n >= 2 and (pred == pred[0]).all():
+            chosen = [str(label_names[j]) for j in np.flatnonzero(pred[0])]
+            what = ("every label" if len(chosen) == len(label_names) else "no label" if not chosen
+                    else ", ".join(chosen))
+            notes.append(f"every {split} sample gets the same prediction ({what}): the model does not tell "
+                         "samples apart; train longer or check the data before reading its metrics")
+    return notes

@@ -68,7 +68,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any] | None:
     return {"run_dir": str(run.path), "model": model, "dataset": run.dataset,
             "seed": test.get("seed", cfg.get("train", {}).get("seed")), "config": cfg,
             "metrics": {k: float(v) for k, v in test.items() if isinstance(v, (int, float))},
-            "best_epoch": best, "epochs": _epochs_in_csv(run.metrics_csv)}
+            "best_epoch": best, "epochs": _epochs_in_csv(run.metrics_csv), "warnings": run.read_warnings()}
 
 
 def _best_epoch_from_csv(path: Path, metric: str) -> float | None:
@@ -138,6 +138,9 @@ def report(paths: Iterable[str | Path] | str | Path) -> list[dict[str, Any]]:
         groups.setdefault((r["model"], r["dataset"], config_fingerprint(r["config"])), []).append(r)
     variants = _variant_names(groups)
     rows = [_row(key, members, variants[key]) for key, members in groups.items()]
+    for r in runs:  # a degenerate run is said again wherever its numbers are shown
+        for note in r["warnings"]:
+            warnings.warn(f"{r['run_dir']}: {note}", stacklevel=2)
     return sorted(rows, key=lambda r: (r["dataset"], r["model"], r["variant"]))
 
 
@@ -151,7 +154,8 @@ def _row(key: tuple, members: list[dict], variant: str) -> dict[str, Any]:
     best = [r["best_epoch"] for r in members if r["best_epoch"] is not None]
     return {"model": model, "dataset": dataset, "variant": variant, "seeds": len(members),
             "seed_list": [r["seed"] for r in members], "runs": [r["run_dir"] for r in members],
-            "best_epoch": float(np.mean(best)) if best else None, "labels": labels, "metrics": metrics}
+            "best_epoch": float(np.mean(best)) if best else None, "labels": labels, "metrics": metrics,
+            "warnings": [f"{r['run_dir']}: {note}" for r in members for note in r.get("warnings", [])]}
 
 
 def _variant_names(groups: dict[tuple, list[dict]]) -> dict[tuple, str]:

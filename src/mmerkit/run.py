@@ -30,7 +30,7 @@ import io
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ BEST_CKPT = "best.ckpt"
 LAST_CKPT = "last.ckpt"
 VALID_METRICS = "valid_metrics.json"
 TEST_METRICS = "test_metrics.json"
+WARNINGS = "warnings.json"  # what looked wrong with the result (metrics.degenerate_notes)
 EXPORT = "export"
 TENSORBOARD = "tensorboard"
 PLOTS = "plots"
@@ -68,6 +69,7 @@ class RunResult:
     valid_metrics: dict[str, float]
     test_metrics: dict[str, float]
     history: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)  # metrics.degenerate_notes, also in warnings.json
 
     @property
     def run(self) -> Run:
@@ -147,7 +149,7 @@ def finished_run_result(out: str | Path, model: str, store: FeatureStore, seed: 
     test = run.read_test_metrics() or {}
     valid = json.loads(run.valid_metrics_path.read_text()) if run.valid_metrics_path.exists() else {}
     return RunResult(run.path, int(test.get("best_epoch") or 0), float(valid.get("micro_f1", float("nan"))),
-                     test.get("threshold", 0.5), valid, test, run.read_history())
+                     test.get("threshold", 0.5), valid, test, run.read_history(), run.read_warnings())
 
 
 # ----------------------------------------------------------------------------- one run directory
@@ -212,6 +214,11 @@ class Run:
 
     def read_test_metrics(self) -> dict[str, Any] | None:
         return json.loads(self.test_metrics_path.read_text()) if self.finished else None
+
+    def read_warnings(self) -> list[str]:
+        """What training found degenerate in this run's result (empty for runs before warnings.json)."""
+        path = self.path / WARNINGS
+        return list(json.loads(path.read_text())) if path.exists() else []
 
     def read_history(self) -> list[dict[str, Any]]:
         return read_history(self.metrics_csv)
@@ -279,7 +286,8 @@ class Run:
         csv.writer(buf).writerows([keys] + [[_csv_value(row.get(k, "")) for k in keys] for row in history])
         atomic_write_text(self.metrics_csv, buf.getvalue())
 
-    def write_results(self, valid: dict[str, Any], test: dict[str, Any]) -> None:
+    def write_results(self, valid: dict[str, Any], test: dict[str, Any], warnings: list[str] = ()) -> None:
+        atomic_write_text(self.path / WARNINGS, json.dumps(list(warnings), indent=2))
         atomic_write_text(self.test_metrics_path, json.dumps(test, indent=2))
         atomic_write_text(self.valid_metrics_path, json.dumps(valid, indent=2))
 
