@@ -7,6 +7,7 @@ from mmerkit.models import (
     classic,  # noqa: F401
     ramer,  # noqa: F401
     tailor,  # noqa: F401
+    univa,  # noqa: F401
 )
 from mmerkit.models.base import (
     MMERModel,
