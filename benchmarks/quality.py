@@ -43,6 +43,7 @@ ENTRIES: dict[str, tuple[str, str | None, list[str]]] = {
     "mult": ("mult", None, ["train.epochs=12"]),
     "amp": ("amp", "amp-small", []),
     "tailor": ("tailor", "tailor-small", []),
+    "univa": ("univa", "univa-small", []),
     "br": ("br", None, []),
     "cc": ("cc", None, []),
     "lp": ("lp", None, []),
