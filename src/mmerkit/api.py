@@ -96,13 +96,13 @@ def models_table() -> list[dict[str, Any]]:
 
 def _converters() -> dict[str, dict[str, Any]]:
     """Dataset name -> {convert: fn, description}, collected from each reader module."""
-    from mmerkit.data import csd, custom, m3ed, memor, mosei
+    from mmerkit.data import csd, custom, m3ed, memor, mmsa, mosei
 
     table: dict[str, dict[str, Any]] = {
         "synthetic": {"convert": None, "description": "embedded MOSEI-shaped synthetic data "
                       "(`mmer data synth`; the default of `mmer train`)"},
     }
-    for module in (mosei, m3ed, memor, csd, custom):
+    for module in (mosei, mmsa, m3ed, memor, csd, custom):
         for name, fn in module.CONVERTERS.items():
             table[name] = {"convert": fn, "description": getattr(module, "DESCRIPTION", {}).get(name, "")
                            or (fn.__doc__ or "").strip().splitlines()[0]}
