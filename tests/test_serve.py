@@ -387,12 +387,12 @@ def test_upload_size_limit_413(server, clips):
     url, _ = server
     limit = int(LIMITS["max_upload_mb"] * 1024 * 1024)
     # declared too large: refused before a byte of the body is read
-    head = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {10 * limit}\r\n\r\n").encode()
     status, body = _raw_request(url, head)
     assert status == 413 and body["error"]["field"] == "body" and "MB" in body["error"]["message"]
     # chunked (no length): counted as it arrives
-    head = (f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+    head = (f"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
     chunk = b"x" * 65536
     chunks = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (limit // len(chunk) + 2) + [b"0\r\n\r\n"]

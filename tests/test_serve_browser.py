@@ -213,3 +213,28 @@ def test_api_docs_render_offline(site):
     assert {"/v1/predict", "/v1/model", "/healthz"} <= paths
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(u.startswith(url) for u in loaded), loaded
+
+
+def test_login_in_the_address_works(site):
+    """A browser user opens http://user:TOKEN@127.0.0.1:PORT/ (Basic credentials in the URL, no
+    extra headers): the page's requests must not carry the credentials in their URLs (fetch()
+    refuses those), so the card loads and a prediction goes through with the browser's login."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    url, _, _, _ = site
+    browser = _chromium()  # a fresh one: no Authorization header added by the test
+    try:
+        browser.set_page_load_timeout(30)
+        browser.get(url.replace("http://", f"http://someone:{TOKEN}@") + "/")
+        WebDriverWait(browser, 20).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        assert d_text(browser, "model-meta").startswith("model "), d_text(browser, "model-meta")
+        assert not browser.find_element(By.ID, "error").is_displayed(), d_text(browser, "error")
+        Select(browser.find_element(By.ID, "example")).select_by_value("1")
+        browser.find_element(By.ID, "predict").click()
+        _wait_done(browser)
+        assert not browser.find_element(By.ID, "error").is_displayed(), d_text(browser, "error")
+        sample = httpx.get(f"{url}/v1/examples/1", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        _check_against(_shown(browser), _api(url, json=sample))
+    finally:
+        browser.quit()

@@ -47,19 +47,23 @@ def is_loopback(host: str) -> bool:
 
 def serve(export_dir: str | Path, settings: ServeSettings | None = None, *,
           sock: socket.socket | None = None, log_level: str = "info", **kw: Any) -> None:
-    """Run the server until interrupted (uvicorn, one process; the model is batched inside it)."""
+    """Run the server until SIGTERM or Ctrl+C (uvicorn, one process; the model is batched inside
+    it). The port is bound first, so a port in use fails before the model loads."""
     settings = settings or ServeSettings()
     _require_server_deps()
-    import uvicorn
+    from mmerkit.serve.runner import DrainingServer, announce, bind_socket, check_serving_settings, uvicorn_config
 
+    check_serving_settings(settings)
     if not is_loopback(settings.host) and not settings.resolved_token():
         print(f"warning: serving on {settings.host} without a token: anyone who can reach this address can "
               f"use the model (set --token or {TOKEN_ENV})", file=sys.stderr)
-    app = create_app(export_dir, settings, **kw)
-    url = f"http://{settings.host}:{settings.port}"
-    print(f"mmerkit: serving {app.state.serve.card['model']['name']} on {url} (page {url}/, API docs "
-          f"{url}/docs, token {'on' if settings.resolved_token() else 'off'}; Ctrl+C stops)", file=sys.stderr)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
-                            access_log=False, server_header=False, timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock] if sock is not None else None)
+    sock = sock or bind_socket(settings.host, settings.port)
+    try:
+        app = create_app(export_dir, settings, **kw)
+    except BaseException:
+        sock.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    announce(host, port, app.state.serve.card["model"]["name"], bool(settings.resolved_token()))
+    server = DrainingServer(uvicorn_config(app, settings, log_level), app.state.serve)
+    server.run(sockets=[sock])

@@ -1,7 +1,7 @@
 """The FastAPI app: routes, the bearer-token and body-size guard, and error bodies.
 
 Request flow: guard (token, size) -> parse and validate (JSON, .npz or multipart media) ->
-media only: probe, then extract in a worker process -> batching queue -> one model call ->
+media only: probe and extract in a worker process -> batching queue -> one model call ->
 `{"predictions": [...]}`. Every error leaves as `{"error": {status, field, message, fix}}`.
 """
 
@@ -11,11 +11,15 @@ import asyncio
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
-from contextlib import asynccontextmanager
+import socket
+from contextlib import asynccontextmanager, contextmanager
+from concurrent.futures.process import BrokenProcessPool
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -33,9 +37,9 @@ from mmerkit.serve.media import (
     MediaWorkers,
     Upload,
     UploadDir,
+    Worker,
     default_featurizer,
     describe_unknown,
-    probe_media,
     read_multipart,
     sniff,
 )
@@ -45,6 +49,7 @@ from mmerkit.serve.settings import ServeSettings
 
 log = logging.getLogger("mmerkit.serve")
 
+PARSE_INLINE_BYTES = 256 * 1024  # bodies this small parse in well under a millisecond per kB
 OPEN_PATHS = {"/healthz"}  # the only path without the token: load balancers probe it
 BROWSER_PATHS = {"/", "/docs", "/openapi.json", "/docs/oauth2-redirect"}
 
@@ -100,8 +105,7 @@ def create_app(export_dir: str | Path, settings: ServeSettings | None = None, *,
     _add_routes(app, state)
     if offline_docs:
         _add_offline_docs(app, offline_docs)
-    app.add_middleware(GuardMiddleware, token=settings.resolved_token(),
-                       max_bytes=int(settings.max_upload_mb * 1024 * 1024))
+    app.add_middleware(GuardMiddleware, settings=settings, state=state)
     return app
 
 
@@ -113,8 +117,12 @@ class _State:
         self.batcher = MicroBatcher(served.predict, max_batch=settings.max_batch if settings.batching else 1,
                                     window_s=settings.batch_window_ms / 1000.0, max_queue=settings.max_queue,
                                     enabled=settings.batching)
-        self.media = MediaWorkers(featurizer, extractors, settings.media_workers, settings.max_media_queue)
+        self.media = MediaWorkers(featurizer, extractors, settings.media_workers, settings.max_media_queue,
+                                  settings.max_media_seconds)
         self._uploads: UploadDir | None = None
+        self.uploads_held = 0  # file and .npz bodies being received or waiting for extraction
+        self.draining = False  # set on SIGTERM / Ctrl+C: new requests get 503
+        self._parser: Worker | None = None
         self.examples = load_examples(settings.examples, served, settings.max_examples)
         self.card = model_card(served.predictor.meta, served.export_dir, served.input_spec, served.thresholds,
                                limits=self.limits())
@@ -132,9 +140,38 @@ class _State:
                 "batching": s.batching, "max_batch": s.max_batch, "batch_window_ms": s.batch_window_ms,
                 "max_queue": s.max_queue, "batches_mix_lengths": self.model.padding_invariant}
 
+    @contextmanager
+    def upload_slot(self):
+        """At most `max_uploads` bodies on disk or in memory at once; beyond: 503 before reading."""
+        if self.uploads_held >= self.settings.max_uploads:
+            raise RequestError(503, "body", f"{self.uploads_held} uploads are being received or processed already",
+                               "retry in a few seconds", headers={"Retry-After": "2"})
+        self.uploads_held += 1
+        try:
+            yield
+        finally:
+            self.uploads_held -= 1
+
+    async def parse(self, parse, data: bytes, *args: Any) -> list[Sample]:
+        """Parse a request body: large ones in a parser process, since JSON and zip parsing hold
+        the GIL (a thread would stall the event loop, /healthz included)."""
+        if len(data) < PARSE_INLINE_BYTES:
+            return parse(data, *args)
+        if self._parser is None:
+            self._parser = Worker(in_thread=False, warm=None)
+        try:
+            return await asyncio.wrap_future(self._parser.submit(parse, data, *args))
+        except BrokenProcessPool:
+            self._parser.stop()
+            self._parser = None
+            raise RequestError(422, "body", "made the request parser fail", "check the body's format") from None
+
     async def close(self) -> None:
         await self.batcher.close()
         self.media.close()
+        if self._parser is not None:
+            self._parser.stop()
+            self._parser = None
         if self._uploads is not None:
             self._uploads.cleanup()
             self._uploads = None
@@ -194,18 +231,22 @@ async def _samples_from_request(request: Request, state: _State) -> list[Sample]
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     spec = state.model.input_spec
     max_unpacked = int(4 * state.settings.max_upload_mb * 1024 * 1024)
-    # parsing a large body takes a while: in a thread, so the event loop keeps serving others
     if ctype == "application/json":
-        return await asyncio.to_thread(parse_json_body, await request.body(), spec)
+        return await state.parse(parse_json_body, await request.body(), spec)
     if ctype in ("application/octet-stream", "application/x-npz", "application/zip"):
-        return await asyncio.to_thread(parse_npz, await request.body(), spec, max_unpacked)
+        with state.upload_slot():
+            return await state.parse(parse_npz, await request.body(), spec, max_unpacked)
     if ctype == "multipart/form-data":
-        upload = await read_multipart(request.headers["content-type"], request.stream(), state.uploads,
-                                      state.settings.max_transcript_chars)
-        try:
-            return await _samples_from_upload(upload, state, max_unpacked)
-        finally:
-            upload.remove()
+        if state.media.full():  # checked before the body is read: a refused clip costs no disk
+            raise RequestError(503, "file", f"{state.media.in_flight} clips are being processed already",
+                               "retry in a few seconds", headers={"Retry-After": "2"})
+        with state.upload_slot():
+            upload = await read_multipart(request.headers["content-type"], request.stream(), state.uploads,
+                                          state.settings.max_transcript_chars)
+            try:
+                return await _samples_from_upload(upload, state, max_unpacked)
+            finally:
+                upload.remove()
     raise RequestError(415, "Content-Type", f"{ctype or 'none'} is not accepted",
                        "send application/json features, an .npz as application/octet-stream, "
                        "or multipart/form-data with a file field")
@@ -218,7 +259,7 @@ async def _samples_from_upload(upload: Upload, state: _State, max_unpacked: int)
         if upload.transcript:
             raise RequestError(422, "transcript", "goes with a clip, not with an .npz of features",
                                "leave the transcript out, or send the clip itself")
-        return await asyncio.to_thread(parse_npz, upload.path.read_bytes(), state.model.input_spec, max_unpacked)
+        return await state.parse(parse_npz, upload.path.read_bytes(), state.model.input_spec, max_unpacked)
     if kind is None:
         raise RequestError(415, "file", f"is {describe_unknown(upload.head)}",
                            "send a video or audio file (mp4, mov, mkv, webm, avi, wav, mp3, flac, ogg) or an .npz")
@@ -228,24 +269,8 @@ async def _samples_from_upload(upload: Upload, state: _State, max_unpacked: int)
     if state.extractors["extract"].get("level") == "dialogue":
         raise RequestError(422, "file", "this model was trained on whole dialogues; one clip is not a dialogue",
                            "use `mmer predict --manifest` with the dialogue's clips, or send dialogue features")
-    info = await asyncio.to_thread(_checked_media, upload.path, kind, state.settings.max_media_seconds)
-    feats, used_transcript = await state.media.extract(upload.path, upload.transcript)
+    feats, used_transcript, info = await state.media.extract(upload.path, upload.transcript, kind)
     return [_media_sample(feats, upload, info, state, used_transcript)]
-
-
-def _checked_media(path: Path, kind: str, max_seconds: float) -> dict[str, Any]:
-    try:
-        info = probe_media(path)
-    except Exception:
-        raise RequestError(415, "file", f"looks like {kind} but cannot be opened as media",
-                           "send a complete, playable file") from None
-    if not (info.get("has_audio") or info.get("has_video")):
-        raise RequestError(422, "file", "has neither an audio nor a video stream", "send a clip with sound or picture")
-    duration = info.get("duration")
-    if duration is not None and duration > max_seconds:
-        raise RequestError(422, "file", f"lasts {duration:.1f} s; this server takes clips of at most {max_seconds:g} s",
-                           "cut the clip into utterances and send them one by one")
-    return {"kind": kind, "duration": None if duration is None else round(float(duration), 3)}
 
 
 def _media_sample(feats: dict[str, np.ndarray], upload: Upload, info: dict[str, Any], state: _State,
@@ -329,29 +354,62 @@ def _add_offline_docs(app: FastAPI, assets: dict[str, tuple[Path, str]]) -> None
 
 
 class GuardMiddleware:
-    """Pure ASGI: the bearer token on every path but /healthz, and the request body size limit
-    (Content-Length first, then every received byte counted, so chunked bodies are capped too)."""
+    """Pure ASGI, in this order: the Host name (DNS rebinding) and the Origin (other web pages),
+    503 while the server shuts down, the bearer token on every path but /healthz, the body size
+    limit (Content-Length first, then every received byte, so chunked bodies are capped too; JSON
+    has a smaller one) and the longest wait for the next piece of a body."""
 
-    def __init__(self, app, token: str | None, max_bytes: int):
-        self.app, self.token, self.max_bytes = app, token, max_bytes
+    def __init__(self, app, settings: ServeSettings, state: _State):
+        self.app, self.state, self.token = app, state, settings.resolved_token()
+        self.max_bytes = _bytes(settings.max_upload_mb)
+        self.max_json = min(self.max_bytes, _bytes(settings.max_json_mb))
+        self.body_timeout = settings.body_timeout_s
+        self.any_host, self.hosts = "*" in settings.allowed_hosts, own_host_names(settings)
+        self.any_origin = "*" in settings.allowed_origins
+        self.origins = {o.rstrip("/").lower() for o in settings.allowed_origins}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope.get("path", "")
+        refusal = self._refusal(headers, path)
+        if refusal is not None:
+            return await JSONResponse(refusal.body(), refusal.status, headers=refusal.headers)(scope, receive, send)
+        json_body = headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+        limit = self.max_json if json_body else self.max_bytes
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            error = _too_large(limit, json_body)
+            return await JSONResponse(error.body(), 413, headers={"Connection": "close"})(scope, receive, send)
+        return await self.app(scope, self._counting(receive, limit, json_body), send)
+
+    def _refusal(self, headers: dict[str, str], path: str) -> RequestError | None:
+        host = headers.get("host")
+        if host is not None and not self.any_host and not _own_host(host, self.hosts):
+            return RequestError(403, "Host", f"{host!r} is not a name of this server",
+                                "use the server's address, or start it with --allowed-host NAME")
+        origin = headers.get("origin")
+        if origin is not None and not self.any_origin and not self._same_origin(origin, host):
+            return RequestError(403, "Origin", f"requests from other web pages ({origin}) are refused",
+                                "use the page the server serves at /, or start it with --allowed-origin ORIGIN")
+        if self.state.draining:
+            return RequestError(503, "server", "is shutting down", "retry once the server is back",
+                                headers={"Retry-After": "5", "Connection": "close"})
         if self.token and path not in OPEN_PATHS and not self._authorized(headers.get("authorization", "")):
             browser = path in BROWSER_PATHS or path.startswith("/docs-assets/")
             challenge = 'Basic realm="mmerkit"' if browser else 'Bearer realm="mmerkit"'
-            body = error_body(401, "missing or wrong token", "Authorization",
-                              "send the header 'Authorization: Bearer TOKEN'")
-            return await JSONResponse(body, 401, headers={"WWW-Authenticate": challenge})(scope, receive, send)
-        declared = headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            body = error_body(413, f"the request body is larger than {self.max_bytes // (1024 * 1024)} MB",
-                              "body", "send a shorter clip or fewer samples (the server's --max-upload-mb)")
-            return await JSONResponse(body, 413, headers={"Connection": "close"})(scope, receive, send)
-        return await self.app(scope, self._counting(receive), send)
+            return RequestError(401, "Authorization", "missing or wrong token",
+                                "send the header 'Authorization: Bearer TOKEN'",
+                                headers={"WWW-Authenticate": challenge})
+        return None
+
+    def _same_origin(self, origin: str, host: str | None) -> bool:
+        origin = origin.rstrip("/").lower()
+        if origin in self.origins:
+            return True
+        parts = urlsplit(origin)
+        return host is not None and parts.scheme in ("http", "https") and parts.netloc == host.lower()
 
     def _authorized(self, header: str) -> bool:
         scheme, _, value = header.partition(" ")
@@ -365,21 +423,63 @@ class GuardMiddleware:
             return False
         return hmac.compare_digest(value.encode(), self.token.encode())
 
-    def _counting(self, receive):
-        seen = 0
+    def _counting(self, receive, limit: int, json_body: bool):
+        seen, complete = 0, False
 
         async def counted():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:
+                return await receive()
+            try:  # a client that stops sending mid-body must not hold its connection and memory
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                raise RequestError(408, "body", f"no part of the request body arrived for {self.body_timeout:g} s",
+                                   "send the whole body without pauses (the server's --body-timeout-s)") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise RequestError(413, "body", f"the request body is larger than "
-                                       f"{self.max_bytes // (1024 * 1024)} MB",
-                                       "send a shorter clip or fewer samples (the server's --max-upload-mb)")
+                complete = not message.get("more_body", False)
+                if seen > limit:
+                    raise _too_large(limit, json_body)
             return message
 
         return counted
+
+
+def _bytes(mb: float) -> int:
+    return int(mb * 1024 * 1024)
+
+
+def _too_large(limit: int, json_body: bool) -> RequestError:
+    if json_body:
+        return RequestError(413, "body", f"the JSON body is larger than {limit / 2**20:g} MB",
+                            "send the features as an .npz (application/octet-stream), or fewer samples "
+                            "per request (the server's --max-json-mb)")
+    return RequestError(413, "body", f"the request body is larger than {limit / 2**20:g} MB",
+                        "send a shorter clip or fewer samples (the server's --max-upload-mb)")
+
+
+def own_host_names(settings: ServeSettings) -> set[str]:
+    """Host names a browser may use for this server: localhost, the machine's names, the bound
+    name and the operator's --allowed-host. Any IP address is accepted too: DNS rebinding needs
+    a name the attacker controls, which an address literal is not."""
+    names = {"localhost", socket.gethostname(), socket.getfqdn(), settings.host, *settings.allowed_hosts}
+    return {n.lower().rstrip(".") for n in names if n}
+
+
+def _own_host(host: str, names: set[str]) -> bool:
+    name = host.strip().lower()
+    if name.startswith("["):  # [::1]:8000
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.rstrip(".")
+    if name in names:
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 # ----------------------------------------------------------------------------- errors

@@ -18,6 +18,9 @@ class RequestError(Exception):
         self.status, self.field, self.message, self.fix = status, field, message, fix
         self.headers = headers or {}
 
+    def __reduce__(self):  # raised in the parser process, re-raised in the server
+        return (RequestError, (self.status, self.field, self.message, self.fix, self.headers))
+
     def body(self) -> dict[str, Any]:
         return error_body(self.status, self.message, self.field, self.fix)
 

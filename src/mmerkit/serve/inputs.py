@@ -19,6 +19,7 @@ from mmerkit.serve.errors import RequestError
 
 # keys of the store's / custom .npz layout that prediction ignores (labels are not inputs)
 NPZ_IGNORED = {"labels", "label_names", "split"}
+MAX_ID_CHARS = 200  # sample ids, in JSON and .npz alike
 
 
 @dataclass
@@ -49,7 +50,7 @@ def parse_json_body(body: bytes, spec: InputSpec) -> list[Sample]:
         doc = json.loads(body)
     except RecursionError:
         raise RequestError(422, "body", "is nested too deeply", 'send {"samples": [{"<modality>": [[...], ...]}]}') from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError) as e:  # ValueError: also integers of over 4300 digits
         raise RequestError(422, "body", f"is not valid JSON ({e})",
                            'send {"samples": [{"<modality>": [[...], ...]}]} with Content-Type application/json') from None
     if not isinstance(doc, dict) or "samples" not in doc:
@@ -73,8 +74,8 @@ def _json_sample(i: int, raw: Any, spec: InputSpec) -> Sample:
         raise RequestError(422, where, f"is a {type(raw).__name__}, not an object",
                            'each sample is {"<modality>": [[...], ...]}')
     sid = raw.get("id", str(i))
-    if not isinstance(sid, (str, int)) or isinstance(sid, bool) or len(str(sid)) > 200:
-        raise RequestError(422, f"{where}.id", "must be a string of at most 200 characters",
+    if not isinstance(sid, (str, int)) or isinstance(sid, bool) or len(str(sid)) > MAX_ID_CHARS:
+        raise RequestError(422, f"{where}.id", f"must be a string of at most {MAX_ID_CHARS} characters",
                            'give each sample a short text id, e.g. "clip-1"')
     unknown = sorted(k for k in raw if k != "id" and k not in spec.modalities)
     if unknown:
@@ -90,6 +91,9 @@ def _to_steps(value: Any, where: str, m: str, spec: InputSpec) -> np.ndarray:
         return np.zeros((0, dim), np.float32)  # missing modality
     try:
         x = np.asarray(value, dtype=np.float32)
+    except OverflowError:  # an integer literal beyond any float, e.g. 10**400
+        raise RequestError(422, where, "holds a number too large for float32",
+                           "send feature values as they came from the extractor") from None
     except (ValueError, TypeError):
         raise RequestError(422, where, "is not a rectangular array of numbers",
                            f"send a list of T steps, each a list of {dim} numbers") from None
@@ -145,7 +149,9 @@ def parse_npz(data: bytes, spec: InputSpec, max_unpacked: int) -> list[Sample]:
 def _read_npz(data: bytes, max_unpacked: int) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            unpacked = sum(info.file_size for info in zf.infolist())
+            members = zf.infolist()
+            _check_members(members)  # from the directory alone, before anything is unpacked
+            unpacked = sum(info.file_size for info in members)
         if unpacked > max_unpacked:  # a small compressed upload must not unpack into gigabytes
             raise RequestError(413, "npz", f"unpacks to {unpacked} bytes, more than {max_unpacked}",
                                "send fewer or shorter samples per request")
@@ -156,6 +162,19 @@ def _read_npz(data: bytes, max_unpacked: int) -> dict[str, np.ndarray]:
     except Exception as e:  # not a zip, truncated, object arrays (pickles are refused), ...
         raise RequestError(422, "npz", f"cannot be read as a NumPy .npz ({type(e).__name__}: {e})",
                            "write it with numpy.savez / savez_compressed, without object arrays") from None
+
+
+MAX_NPZ_MEMBERS = 64  # modalities, their lengths, ids and the ignored keys fit many times over
+
+
+def _check_members(members: list[zipfile.ZipInfo]) -> None:
+    if len(members) > MAX_NPZ_MEMBERS:
+        raise RequestError(422, "npz", f"holds {len(members)} arrays; a feature file holds a few",
+                           "save one array per modality (plus <modality>_len and ids)")
+    for info in members:
+        if not info.filename.endswith(".npy"):
+            raise RequestError(422, f"npz:{info.filename[:80]}", "is not a .npy array",
+                               "write the file with numpy.savez / savez_compressed only")
 
 
 def _npz_rows(arrays: dict[str, np.ndarray], present: list[str]) -> int:
@@ -181,7 +200,11 @@ def _npz_ids(arrays: dict[str, np.ndarray], n: int) -> list[str]:
     if ids.shape != (n,) or ids.dtype.kind not in "UiS":
         raise RequestError(422, "npz:ids", f"has shape {ids.shape} and dtype {ids.dtype}; expected ({n},) strings",
                            "save ids as numpy.array([...], dtype=str)")
-    return [x.decode() if isinstance(x, bytes) else str(x) for x in ids.tolist()]
+    out = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in ids.tolist()]
+    if any(len(x) > MAX_ID_CHARS for x in out):
+        raise RequestError(422, "npz:ids", f"holds an id longer than {MAX_ID_CHARS} characters",
+                           "give each sample a short text id, e.g. 'clip-1'")
+    return out
 
 
 def _npz_modality(arrays: dict[str, np.ndarray], m: str, n: int, spec: InputSpec) -> list[np.ndarray]:

@@ -131,8 +131,8 @@ async def read_multipart(content_type: str, chunks: AsyncIterator[bytes], upload
 
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
-    if not boundary:
-        raise RequestError(400, "Content-Type", "multipart/form-data without a boundary",
+    if not boundary or len(boundary) > 70:  # RFC 2046: 1 to 70 characters
+        raise RequestError(400, "Content-Type", "multipart/form-data without a valid boundary (1-70 characters)",
                            "let your HTTP client build the multipart body (e.g. curl -F file=@clip.mp4)")
     form = _FormState(upload_dir, max_text)
     parser = MultipartParser(boundary, form.callbacks())
@@ -282,68 +282,202 @@ def _prepare_default(config: dict[str, Any]) -> None:
     _CHECKED.add(id(fz))
 
 
-def _featurize(featurizer: Featurizer, path: str, transcript: str | None,
-               config: dict[str, Any] | None) -> tuple[dict[str, np.ndarray], str | None]:
+def _featurize(featurizer: Featurizer, path: str, transcript: str | None, config: dict[str, Any] | None,
+               kind: str, max_seconds: float) -> tuple:
+    """In the worker: probe the clip, measure its length, then extract. Returns ("ok", features,
+    transcript used, media info) or ("error", status, field, message, fix): a RequestError does
+    not survive pickling, and nothing here may take the server process down."""
+    try:
+        info = _checked_media(Path(path), kind, max_seconds)
+    except RequestError as e:
+        return ("error", e.status, e.field, e.message, e.fix)
     out = featurizer(path, transcript, config)
     used = out.get("transcript") if isinstance(out.get("transcript"), str) else None
     feats = {str(k): np.asarray(v, np.float32) for k, v in out.items() if k != "transcript" and v is not None}
-    return feats, used
+    return ("ok", feats, used, info)
+
+
+def _checked_media(path: Path, kind: str, max_seconds: float) -> dict[str, Any]:
+    """Streams and length of a clip, in the worker (a crashing demuxer takes only the worker down).
+    The length is measured from the packets, up to the limit: a WebM recorded live declares no
+    duration, and hours of silence compress into a few megabytes."""
+    try:
+        info = probe_media(path)
+        seconds = packet_seconds(path, max_seconds)
+    except Exception:
+        raise RequestError(415, "file", f"looks like {kind} but cannot be opened as media",
+                           "send a complete, playable file") from None
+    if not (info.get("has_audio") or info.get("has_video")):
+        raise RequestError(422, "file", "has neither an audio nor a video stream", "send a clip with sound or picture")
+    declared = info.get("duration")
+    if seconds > max_seconds or (declared is not None and declared > max_seconds):
+        length = f"lasts {declared:.1f} s" if declared is not None and declared > max_seconds else \
+            f"lasts more than {max_seconds:g} s"
+        raise RequestError(422, "file", f"{length}; this server takes clips of at most {max_seconds:g} s",
+                           "cut the clip into utterances and send them one by one")
+    duration = declared if declared is not None else seconds
+    return {"kind": kind, "duration": round(float(duration), 3)}
+
+
+def packet_seconds(path: Path, limit: float) -> float:
+    """How far the clip's packets reach in time, read without decoding and stopped as soon as
+    they pass `limit` (so the cost is bounded by the limit, not by the file)."""
+    import av
+
+    reach = 0.0
+    with av.open(str(path)) as container:
+        streams = [s for s in container.streams if s.type in ("audio", "video")]
+        running = {s.index: 0.0 for s in streams}  # for packets without timestamps
+        for packet in container.demux(streams):
+            tb = packet.time_base
+            if tb is None:
+                continue
+            length = float(packet.duration * tb) if packet.duration else 0.0
+            if packet.pts is not None:
+                end = float(packet.pts * tb) + length
+            else:
+                end = running[packet.stream.index] + length
+            running[packet.stream.index] = end
+            reach = max(reach, end)
+            if reach > limit:
+                break
+    return reach
+
+
+def _ignore_interrupts() -> None:
+    """Worker processes leave Ctrl+C to the server, which stops them (no traceback per worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class Worker:
+    """One extraction process, in a pool of its own: a crash breaks only this worker, so only the
+    clip it was decoding fails. `workers == 0`: a thread instead (tests only)."""
+
+    def __init__(self, in_thread: bool, warm: tuple | None):
+        if in_thread:
+            self.pool: Executor = ThreadPoolExecutor(1, thread_name_prefix="mmerkit-media")
+        else:  # spawn: a fork of a process running torch threads can deadlock
+            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_ignore_interrupts)
+        if warm is not None:  # queued first: the worker takes clips only once its extractors are loaded
+            self.pool.submit(*warm).add_done_callback(_log_failure)
+
+    def submit(self, *call: Any):
+        return self.pool.submit(*call)
+
+    def stop(self) -> None:
+        """Terminate the process and wait for it: no orphan outlives the server."""
+        # the pool's own processes (concurrent.futures keeps them in `_processes`; Python 3.14's
+        # terminate_workers() does the same): shutdown() alone waits for a clip or leaves it running
+        procs = list((getattr(self.pool, "_processes", None) or {}).values())
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1)
 
 
 class MediaWorkers:
-    """A bounded pool of extraction processes (or one thread when `workers` is 0)."""
+    """Extraction workers (`workers` processes, or one thread when 0) and a bounded wait for them.
 
-    def __init__(self, featurizer: Featurizer, config: dict[str, Any] | None, workers: int, max_waiting: int):
+    Clips wait here, not inside a process pool, so a worker that crashes fails only the clip it
+    was decoding; the others go to its replacement, which loads its extractors first."""
+
+    def __init__(self, featurizer: Featurizer, config: dict[str, Any] | None, workers: int, max_waiting: int,
+                 max_seconds: float = 120.0):
         self.featurizer, self.config = featurizer, config
-        self.workers, self.max_waiting = workers, max_waiting
+        self.workers, self.max_waiting, self.max_seconds = workers, max_waiting, max_seconds
         self.in_flight = 0
-        self._pool: Executor | None = None
+        self.closing = False
+        self._idle: asyncio.Queue[Worker] | None = None
+        self._all: list[Worker] = []
 
-    def _executor(self) -> Executor:
-        if self._pool is None:
-            if self.workers == 0:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="mmerkit-media")
-            else:  # spawn: a fork of a process running torch threads can deadlock
-                ctx = multiprocessing.get_context("spawn")
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
-        return self._pool
+    def full(self) -> bool:
+        return self.in_flight >= self.workers + self.max_waiting
 
-    async def extract(self, path: Path, transcript: str | None) -> tuple[dict[str, np.ndarray], str | None]:
-        if self.in_flight >= self.workers + self.max_waiting:
+    def _warm_call(self) -> tuple | None:
+        if self.config is None or self.featurizer is not default_featurizer:
+            return None
+        return (_prepare_default, self.config)
+
+    def _new_worker(self) -> Worker:
+        worker = Worker(self.workers == 0, self._warm_call())
+        self._all.append(worker)
+        return worker
+
+    def _ensure_started(self) -> asyncio.Queue[Worker]:
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for _ in range(max(self.workers, 1)):
+                self._idle.put_nowait(self._new_worker())
+        return self._idle
+
+    def warm_up(self) -> None:
+        """Start the workers now; each loads the export's extractors before its first clip."""
+        if self.config is not None:
+            self._ensure_started()
+
+    async def extract(self, path: Path, transcript: str | None,
+                      kind: str = "media") -> tuple[dict[str, np.ndarray], str | None, dict[str, Any]]:
+        if self.closing:
+            raise _shutting_down()
+        if self.full():
             raise RequestError(503, "file", f"{self.in_flight} clips are being processed already",
                                "retry in a few seconds", headers={"Retry-After": "2"})
         self.in_flight += 1
         try:
-            fut = self._executor().submit(_featurize, self.featurizer, str(path), transcript, self.config)
-            return await asyncio.wrap_future(fut)
-        except BrokenProcessPool:
-            self._replace_pool()
-            raise RequestError(422, "file", "made the feature extractor crash",
-                               "check that the file plays in a media player; re-encode it (e.g. to mp4/h264)") from None
-        except RequestError:
-            raise
-        except Exception as e:
-            raise _extraction_error(e, path) from None
+            idle = self._ensure_started()
+            worker = await idle.get()
+            try:
+                fut = worker.submit(_featurize, self.featurizer, str(path), transcript, self.config, kind,
+                                    self.max_seconds)
+                result = await asyncio.wrap_future(fut)
+            except BrokenProcessPool:
+                if self.closing:
+                    raise _shutting_down() from None
+                worker = self._replace(worker)
+                raise RequestError(422, "file", "made the feature extractor crash", "check that the file plays "
+                                   "in a media player; re-encode it (e.g. to mp4/h264)") from None
+            except RequestError:
+                raise
+            except Exception as e:
+                if self.closing:
+                    raise _shutting_down() from None
+                raise _extraction_error(e, path) from None
+            finally:
+                if not self.closing:
+                    idle.put_nowait(worker)
         finally:
             self.in_flight -= 1
+        if result[0] == "error":
+            _, status, field, message, fix = result
+            raise RequestError(status, field, message, fix)
+        _, feats, used, info = result
+        return feats, used, info
 
-    def warm_up(self) -> None:
-        """Start the workers and load the default extractors in the background (errors are logged)."""
-        if self.config is None or self.featurizer is not default_featurizer:
-            return
-        for _ in range(max(self.workers, 1)):
-            fut = self._executor().submit(_prepare_default, self.config)
-            fut.add_done_callback(_log_failure)
-
-    def _replace_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+    def _replace(self, broken: Worker) -> Worker:
+        broken.stop()
+        self._all.remove(broken)
+        log.warning("a media worker crashed; its clip was refused and a new worker replaces it")
+        return self._new_worker()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Stop every worker (terminate and join); clips still in extraction are answered 503."""
+        self.closing = True
+        workers, self._all = self._all, []
+        for worker in workers:
+            worker.stop()
+
+
+def _shutting_down() -> RequestError:
+    return RequestError(503, "server", "is shutting down", "retry once the server is back",
+                        headers={"Retry-After": "5", "Connection": "close"})
 
 
 def _log_failure(fut) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from mmerkit.errors import ConfigError
 from mmerkit.predict import Predictions, Predictor
+from mmerkit.serve.errors import RequestError
 from mmerkit.serve.inputs import InputSpec, Sample
 
 log = logging.getLogger("mmerkit.serve")
@@ -106,6 +107,7 @@ class ServedModel:
         for group in self._groups(samples):
             members = [samples[i] for i in group]
             preds = self._forward(pad_samples(members, self.modalities))
+            _check_finite(preds, members)
             scores = modality_label_scores(preds)
             for k, i in enumerate(group):
                 out[i] = self._format(k, members[k], preds, scores)
@@ -138,6 +140,16 @@ class ServedModel:
             out["source"] = sample.source
             out.update(sample.info)
         return out
+
+
+def _check_finite(preds: Predictions, samples: list[Sample]) -> None:
+    """Finite inputs can still overflow inside the model (float32 values near 3e38): a NaN is not
+    an answer. The batcher then runs each request alone, so only the one at fault gets the 422."""
+    bad = ~np.isfinite(np.asarray(preds.probs)).all(axis=1)
+    if bad.any():
+        sample = samples[int(np.flatnonzero(bad)[0])]
+        raise RequestError(422, f"sample {sample.id!r}", "has values so large that the model's answer is not a number",
+                           "send features on the scale the model was trained on")
 
 
 def pad_samples(samples: list[Sample], modalities: dict[str, int]) -> dict[str, np.ndarray]:

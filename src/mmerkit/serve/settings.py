@@ -36,6 +36,18 @@ class ServeSettings(BaseModel):
     device: str = "cpu"
     examples: str | None = None  # a FeatureStore whose test split the page offers as samples
     max_examples: int = Field(20, ge=0)
+    # connections and request bodies (docs/serve.md, "Limits")
+    max_connections: int = Field(100, ge=2)  # open connections; a new one pushes out the oldest still sending its head
+    header_timeout_s: float = Field(10.0, gt=0)  # a request's head must arrive within this, else the connection closes
+    body_timeout_s: float = Field(30.0, gt=0)  # longest wait for the next piece of a request body -> 408
+    keep_alive_s: int = Field(5, ge=1)  # idle kept-alive connections close after this (uvicorn timeout_keep_alive)
+    max_header_kb: int = Field(16, ge=1)  # a request head beyond this -> 400 (uvicorn h11_max_incomplete_event_size)
+    max_uploads: int = Field(4, ge=1)  # file/.npz bodies read at once; beyond -> 503 before reading
+    max_json_mb: float = Field(16.0, gt=0)  # JSON feature bodies (parsed whole) -> 413 beyond
+    shutdown_grace_s: int = Field(5, ge=1)  # SIGTERM: requests in flight get this long, then 503
+    # browsers: Host names and other pages' origins the server answers (docs/serve.md, "Browsers")
+    allowed_hosts: list[str] = Field(default_factory=list)  # beyond this machine's names and IP addresses; "*": any
+    allowed_origins: list[str] = Field(default_factory=list)  # e.g. "http://lab.example:3000"; "*": any
 
     def resolved_token(self) -> str | None:
         """The token from the settings, else from the environment; empty means no token."""
