@@ -53,12 +53,16 @@ def media_export(export: Path, dest: Path) -> Path:
 @contextlib.contextmanager
 def running(app):
     """Serve `app` with uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
-    import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="error", timeout_graceful_shutdown=2))
+    from mmerkit.serve.runner import DrainingServer, uvicorn_config
+
+    state = app.state.serve
+    # the configuration `mmer serve` runs with: its connection limits, head deadline and drain
+    config = uvicorn_config(app, state.settings.model_copy(update={"shutdown_grace_s": 2}), log_level="error")
+    server = DrainingServer(config, state)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -118,6 +122,8 @@ def fake_featurizer(path: str, transcript: str | None, config: dict | None) -> d
         os._exit(3)
     if transcript == "sleep":
         time.sleep(2.0)
+    if transcript == "sleep long":
+        time.sleep(60.0)
     parent = os.environ.get(PARENT_PID_ENV)
     if parent is not None and int(parent) == os.getpid():
         raise RuntimeError("featurizer ran in the server process")
@@ -144,3 +150,32 @@ def fake_features(seconds: float, transcript: str | None) -> dict[str, np.ndarra
         text[i, len(w) % 8] = 2.0
     audio = np.tile(np.linspace(-1, 1, 4, dtype=np.float32) * seconds, (steps, 1))
     return {"text": text, "audio": audio}
+
+
+def write_live_webm(path: Path, seconds: float) -> Path:
+    """Silence in a WebM written as a browser records live: no duration in the container."""
+    import av
+
+    with av.open(str(path), "w", format="webm", options={"live": "1"}) as out:
+        stream = out.add_stream("libopus", rate=48000)
+        stream.layout = "mono"
+        silence = np.zeros((1, 960), np.float32)
+        for i in range(int(seconds * 50)):
+            frame = av.AudioFrame.from_ndarray(silence, format="flt", layout="mono")
+            frame.sample_rate, frame.pts = 48000, i * 960
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def serve_in_this_process(export: str, port_file: str) -> None:
+    """`mmerkit.serve.serve` with the fake featurizer, as `mmer serve` runs (signals, workers):
+    for tests that stop a real server process. Writes the bound port to `port_file`."""
+    from mmerkit.serve import ServeSettings, serve
+    from mmerkit.serve.runner import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    Path(port_file).write_text(str(sock.getsockname()[1]))
+    serve(export, ServeSettings(media_workers=1, shutdown_grace_s=3), sock=sock, featurizer=fake_featurizer)

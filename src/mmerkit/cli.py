@@ -313,13 +313,25 @@ def serve(export: Path = typer.Argument(..., help="export directory (RUN/export)
           workers: int | None = typer.Option(None, "--workers", help="media extraction processes (1)"),
           examples: Path | None = typer.Option(None, "--examples", help="store whose test samples the page offers"),
           device: str | None = typer.Option(None, help="cpu | cuda | cuda:1 ..."),
-          threads: int | None = typer.Option(None, "--threads", help="torch threads (1)")) -> None:
+          threads: int | None = typer.Option(None, "--threads", help="torch threads (1)"),
+          max_json_mb: float | None = typer.Option(None, "--max-json-mb", help="JSON body limit (16)"),
+          max_uploads: int | None = typer.Option(None, "--max-uploads", help="file/.npz bodies held at once (4)"),
+          max_connections: int | None = typer.Option(None, "--max-connections", help="open connections (100)"),
+          header_timeout_s: float | None = typer.Option(None, "--header-timeout-s", help="request head deadline (10)"),
+          body_timeout_s: float | None = typer.Option(None, "--body-timeout-s", help="wait for body pieces (30)"),
+          allowed_host: list[str] | None = typer.Option(None, "--allowed-host", help="another Host name to answer "
+                                                        "(repeatable; '*': any)"),
+          allowed_origin: list[str] | None = typer.Option(None, "--allowed-origin", help="another web page's origin "
+                                                          "allowed to call the API (repeatable; '*': any)")) -> None:
     """Serve an export over HTTP: POST /v1/predict, GET /v1/model, GET /healthz, a page at /."""
     api.serve(export, host=host, port=port, token=token, max_upload_mb=max_upload_mb,
               max_media_seconds=max_media_seconds, max_batch=max_batch, batch_window_ms=batch_window_ms,
               max_queue=max_queue, max_samples=max_samples, max_steps=max_steps,
               batching=False if no_batching else None, media_workers=workers,
-              examples=str(examples) if examples else None, device=device, torch_threads=threads)
+              examples=str(examples) if examples else None, device=device, torch_threads=threads,
+              max_json_mb=max_json_mb, max_uploads=max_uploads, max_connections=max_connections,
+              header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s,
+              allowed_hosts=allowed_host or None, allowed_origins=allowed_origin or None)
 
 
 @app.command()

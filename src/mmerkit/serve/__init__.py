@@ -51,7 +51,13 @@ def serve(export_dir: str | Path, settings: ServeSettings | None = None, *,
     it). The port is bound first, so a port in use fails before the model loads."""
     settings = settings or ServeSettings()
     _require_server_deps()
-    from mmerkit.serve.runner import DrainingServer, announce, bind_socket, check_serving_settings, uvicorn_config
+    from mmerkit.serve.runner import (
+        DrainingServer,
+        announce,
+        bind_socket,
+        check_serving_settings,
+        uvicorn_config,
+    )
 
     check_serving_settings(settings)
     if not is_loopback(settings.host) and not settings.resolved_token():
@@ -66,4 +72,7 @@ def serve(export_dir: str | Path, settings: ServeSettings | None = None, *,
     host, port = sock.getsockname()[:2]
     announce(host, port, app.state.serve.card["model"]["name"], bool(settings.resolved_token()))
     server = DrainingServer(uvicorn_config(app, settings, log_level), app.state.serve)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C once it has shut down cleanly
+        print("mmerkit: stopped", file=sys.stderr)

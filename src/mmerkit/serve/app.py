@@ -14,8 +14,8 @@ import hmac
 import ipaddress
 import logging
 import socket
-from contextlib import asynccontextmanager, contextmanager
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any

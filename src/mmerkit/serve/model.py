@@ -106,7 +106,12 @@ class ServedModel:
         out: list[dict[str, Any]] = [{} for _ in samples]
         for group in self._groups(samples):
             members = [samples[i] for i in group]
-            preds = self._forward(pad_samples(members, self.modalities))
+            try:
+                preds = self._forward(pad_samples(members, self.modalities))
+            except ValueError as e:  # Predictor.predict refuses the NaN probabilities of an overflow
+                if not str(e).startswith("probs contains"):
+                    raise
+                raise _overflow(members[0] if len(members) == 1 else None) from None
             _check_finite(preds, members)
             scores = modality_label_scores(preds)
             for k, i in enumerate(group):
@@ -147,9 +152,14 @@ def _check_finite(preds: Predictions, samples: list[Sample]) -> None:
     an answer. The batcher then runs each request alone, so only the one at fault gets the 422."""
     bad = ~np.isfinite(np.asarray(preds.probs)).all(axis=1)
     if bad.any():
-        sample = samples[int(np.flatnonzero(bad)[0])]
-        raise RequestError(422, f"sample {sample.id!r}", "has values so large that the model's answer is not a number",
-                           "send features on the scale the model was trained on")
+        raise _overflow(samples[int(np.flatnonzero(bad)[0])])
+
+
+def _overflow(sample: Sample | None) -> RequestError:
+    """(None: somewhere in a batch; the batcher then runs each request alone to find it.)"""
+    return RequestError(422, f"sample {sample.id!r}" if sample is not None else "samples",
+                        "has values so large that the model's answer is not a number",
+                        "send features on the scale the model was trained on")
 
 
 def pad_samples(samples: list[Sample], modalities: dict[str, int]) -> dict[str, np.ndarray]:
