@@ -332,3 +332,73 @@ def test_clips_without_text_get_their_own_answers(media_dir, tmp_path, plugin_pa
     assert np.abs(dropped.probs - dropped.probs[0]).max() > 1e-4
     metrics = api.evaluate(run.run_dir, split="test", drop_modality="text")
     assert 0.0 <= metrics["micro_f1"] <= 1.0
+
+
+def test_misleading_media_messages(trained, media_dir, tmp_path, capsys):
+    """Issue 20 item 6: each mistake is named for what it is."""
+    _, export = trained
+    # a PNG renamed .mp4 is a PNG image, not a clip "without an audio track"
+    png = tmp_path / "holiday.mp4"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    code, _, err = run_cli(capsys, "predict", str(export), "--media", str(png))
+    assert code == 2 and "is a PNG image, not audio or video" in err and "--audio none" not in err, err
+    rows = list(csv.DictReader(open(media_dir / "manifest.csv")))
+    for k, r in enumerate(rows):
+        r["media"] = str(png if k == 0 else media_dir / r["media"])
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    code, _, err = run_cli(capsys, "extract", str(tmp_path / "m.csv"), "--out", str(tmp_path / "s"), "--strict",
+                           *FAKE_OPTS)
+    assert code == 2 and "is a PNG image" in err and "--audio none" not in err, err
+    # a missing file is refused before the model loads (an unreadable export is not even opened),
+    # without mentioning a manifest that was not used
+    code, _, err = run_cli(capsys, "predict", str(tmp_path / "no_export"), "--media", str(tmp_path / "gone.mp4"))
+    assert code == 2 and f"media file {tmp_path / 'gone.mp4'} does not exist" in err and "manifest" not in err, err
+    # a manifest path that is a folder is a folder, not "does not exist"
+    code, _, err = run_cli(capsys, "extract", str(media_dir), "--out", str(tmp_path / "s2"), *FAKE_OPTS)
+    assert code == 2 and "is a folder, not a CSV file" in err and "manifest.csv" in err, err
+    code, _, err = run_cli(capsys, "predict", str(export), "--manifest", str(media_dir))
+    assert code == 2 and "is a folder, not a CSV file" in err, err
+
+
+def test_video_without_audio_is_predicted_with_audio_missing(trained, media_dir, tmp_path, capsys):
+    """`predict --media` on a silent video used to say "pass --audio none", an option predict
+    does not have; the clip is predicted from what it has, as a clip without a face is."""
+    _, export = trained
+    mute = write_clip(tmp_path / "mute.mp4", 1.0, audio=False, colour=(10, 200, 90))
+    code, out, err = run_cli(capsys, "predict", str(export), "--media", str(mute), "--transcript", "quiet",
+                             "--out", str(tmp_path / "p.jsonl"))
+    assert code == 0 and "--audio none" not in err, err
+    p = Predictor.from_pretrained(export).predict_media([mute], ["quiet"])
+    assert p.present is not None and list(p.present[0]) == [m != "audio" for m in p.modalities]
+
+
+def test_from_pretrained_takes_a_run_directory(trained):
+    _, export = trained
+    run_dir = export.parent
+    a, b = Predictor.from_pretrained(run_dir), Predictor.from_pretrained(export)
+    assert a.labels == b.labels and a.meta == b.meta
+
+
+def test_ctrl_c_during_extract_says_how_to_go_on(media_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "store"
+    env = {**os.environ, "MMERKIT_FAKE_SLEEP": "0.5", "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    proc = subprocess.Popen([sys.executable, "-m", "mmerkit", "extract", str(media_dir / "manifest.csv"), "--out",
+                             str(out), *FAKE_OPTS], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    items = tmp_path / "store.parts" / "items"
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(items.glob("*.npz")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "store.parts" in err and "continue with the same command: mmer extract" in err
+    assert "Traceback" not in err, err

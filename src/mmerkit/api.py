@@ -374,9 +374,10 @@ def predict(export_dir: str | Path, inputs: str | Path | None = None, split: str
     if out is not None:
         check_output_suffix(out)  # before the work, not after it
         check_writable_dir(Path(out).parent, "--out")
-    export_dir = Path(export_dir)
-    if not (export_dir / "config.json").exists() and (export_dir / "export" / "config.json").exists():
-        export_dir = export_dir / "export"  # accept the run directory too
+    if from_media:  # missing files and manifest mistakes before seconds of model loading
+        from mmerkit.extract.media_predict import media_request
+
+        media_request(media, transcripts, manifest)
     predictor = Predictor.from_pretrained(export_dir)
     if from_media:
         preds = predictor.predict_media(media, transcripts, manifest=manifest)

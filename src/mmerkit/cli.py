@@ -279,11 +279,15 @@ def extract(manifest: Path = typer.Argument(..., help="media manifest CSV (id, m
             parts: list[Path] | None = typer.Option(None, "--parts", help="STORE.parts of other shards"),
             overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
     """Extract text, audio and visual features from media into a FeatureStore."""
-    res = api.extract(manifest, out, config=config, text=text, audio=audio, visual=visual, fps=fps,
-                      sample_rate=sample_rate, align=align, asr=asr, word_timings=word_timings, level=level,
-                      max_len=max_len, plugins=plugin or None, label_names=label_names, split_seed=split_seed,
-                      empty_labels=empty_labels, workers=workers, shard=shard, strict=strict,
-                      merge=merge, parts=parts or (), overwrite=overwrite, progress=True)
+    try:
+        res = api.extract(manifest, out, config=config, text=text, audio=audio, visual=visual, fps=fps,
+                          sample_rate=sample_rate, align=align, asr=asr, word_timings=word_timings, level=level,
+                          max_len=max_len, plugins=plugin or None, label_names=label_names, split_seed=split_seed,
+                          empty_labels=empty_labels, workers=workers, shard=shard, strict=strict,
+                          merge=merge, parts=parts or (), overwrite=overwrite, progress=True)
+    except KeyboardInterrupt:  # items finished so far are kept in OUT.parts and skipped by a rerun
+        raise CommandInterrupted(f"extraction stopped; the items finished so far are kept in "
+                                 f"{out.with_name(out.name + '.parts')}") from None
     info = api.extract_summary(res)
     counts = ", ".join(f"{k} {v}" for k, v in info["labels"].items())
     console.print(f"labels: {counts}", highlight=False)
@@ -430,6 +434,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _interrupt_note(e: CommandInterrupted, args: list[str]) -> str:
     if args and args[0] == "ablate":  # ablate reuses finished runs; the interrupted one starts again
         return f"{e}; run the same command again to go on (finished runs are reused)"
+    if args and args[0] == "extract":  # a rerun skips the items already written
+        return f"{e}; continue with the same command: {' '.join(['mmer', *args])} (finished items are skipped)"
     again = " ".join(["mmer", *args, *([] if "--resume" in args else ["--resume"])])
     return f"{e}; continue with: {again}"
 

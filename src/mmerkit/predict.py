@@ -244,7 +244,10 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, export_dir: str | Path, device: str = "cpu") -> Predictor:
+        """Load an export directory, or a run directory (its `export/`), as `mmer predict` does."""
         export_dir = Path(export_dir)
+        if not (export_dir / "config.json").exists() and (export_dir / "export" / "config.json").exists():
+            export_dir = export_dir / "export"
         meta, state = read_export(export_dir)
         params = {k: v for k, v in meta["model"].items() if k != "name"}
         model = create_model(meta["model_name"], DataSpec.from_dict(meta["spec"]), params)

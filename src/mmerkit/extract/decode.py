@@ -23,6 +23,19 @@ import numpy as np
 from mmerkit.extract.base import Clip, MediaError, require
 
 
+# first bytes of files that FFmpeg opens (images become one-frame "videos") but are not clips
+_NOT_MEDIA = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
+              b"%PDF": "a PDF document", b"\x7fELF": "an executable", b"{": "JSON text"}
+
+
+def describe_not_media(head: bytes) -> str | None:
+    """What a file whose first bytes are `head` is, when it is a common non-media kind, else None."""
+    for magic, name in _NOT_MEDIA.items():
+        if head.startswith(magic):
+            return name
+    return None
+
+
 def _open(path: Path) -> Any:
     av = require("av")
     if not path.exists():
@@ -30,6 +43,10 @@ def _open(path: Path) -> Any:
                          "resolved against the manifest's folder)")
     if not path.is_file():
         raise MediaError(f"media path {path} is not a file")
+    with open(path, "rb") as f:
+        kind = describe_not_media(f.read(16))
+    if kind:  # the name says nothing: a PNG renamed .mp4 is still a PNG
+        raise MediaError(f"media file {path} is {kind}, not audio or video; give a video or audio file")
     try:
         return av.open(str(path))
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:

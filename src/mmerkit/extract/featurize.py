@@ -75,10 +75,14 @@ class Featurizer:
     # -- one item
     def featurize(self, media: str | Path | None, *, transcript: str | None = None,
                   start: float | None = None, end: float | None = None,
-                  words: list[Word] | None = None, clip_id: str | None = None) -> ItemFeatures:
-        """Features of one utterance; raises MediaError for anything wrong with the media."""
+                  words: list[Word] | None = None, clip_id: str | None = None,
+                  audio_optional: bool = False) -> ItemFeatures:
+        """Features of one utterance; raises MediaError for anything wrong with the media.
+        `audio_optional` (prediction): a file without an audio track gives a missing audio
+        modality (T = 0), as a clip without a face gives a missing visual one; extraction of a
+        training store (False) refuses it instead, naming --audio none."""
         cfg = self.config
-        clip = self._clip(media, start, end, clip_id)
+        clip = self._clip(media, start, end, clip_id, audio_optional)
         used_asr = False
         if self._wants_asr(transcript, words):
             if clip.audio is None or not len(clip.audio):
@@ -92,14 +96,16 @@ class Featurizer:
         if cfg.align == "words" and words is not None:
             transcript = " ".join(w.text for w in words)  # the words are the steps: text follows them
         clip.transcript, clip.words = transcript, words
-        raw = {m: self._run(m, ex, clip) for m, ex in self.extractors.items()}
+        raw = {m: self._run(m, ex, clip) if m != "audio" or clip.audio is not None
+               else Features(np.zeros((0, ex.dim), np.float32), np.zeros((0, 2), np.float32))
+               for m, ex in self.extractors.items()}
         if cfg.align == "words":
             out = self._aligned(raw, words or [], media)
         else:
             out = {m: _valid_values(f) for m, f in raw.items()}
         return ItemFeatures(out, transcript, used_asr, clip.duration)
 
-    def _clip(self, media, start, end, clip_id) -> Clip:
+    def _clip(self, media, start, end, clip_id, audio_optional: bool = False) -> Clip:
         cfg = self.config
         if start is not None and end is not None and start >= end:
             raise MediaError(f"{media}: start={start} is not before end={end}; fix the row (seconds)")
@@ -112,7 +118,7 @@ class Featurizer:
 
         clip = decode(media, start=start, end=end, fps=cfg.fps, sample_rate=cfg.sample_rate,
                       with_video=cfg.needs_video(), max_side=cfg.max_side, clip_id=clip_id)
-        if cfg.audio is not None and clip.audio is None:
+        if cfg.audio is not None and clip.audio is None and not audio_optional:
             raise MediaError(f"{media} has no audio track, but the audio extractor {cfg.audio!r} needs one; "
                              "pass --audio none to extract video-only files")
         if clip.duration <= 0:

@@ -145,6 +145,11 @@ class _Ctx:
 
 
 def _read_rows(path: Path) -> tuple[list[dict[str, str]], list[str], list[int]]:
+    if path.is_dir():
+        csvs = sorted(p.name for p in path.glob("*.csv"))[:3]
+        hint = f" (it holds {', '.join(csvs)})" if csvs else ""
+        raise DataError(f"manifest {path} is a folder, not a CSV file{hint}; give the manifest's own path, "
+                        f"e.g. {path / (csvs[0] if csvs else 'manifest.csv')}")
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist")
     if path.suffix.lower() != ".csv":

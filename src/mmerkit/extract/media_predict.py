@@ -113,7 +113,9 @@ def media_inputs(meta: Mapping[str, Any], media: Sequence[str | Path | None], *,
     check_same_extractors(meta["extractors"], fz.describe(), origin, "this machine's extractors")
     feats, used_text = [], []
     for k in range(n):
-        res = fz.featurize(media[k], transcript=transcripts[k], start=starts[k], end=ends[k], clip_id=ids[k])
+        # a clip without an audio track is predicted with audio missing, as one without a face
+        res = fz.featurize(media[k], transcript=transcripts[k], start=starts[k], end=ends[k], clip_id=ids[k],
+                           audio_optional=True)
         feats.append(res.features)
         used_text.append(res.transcript)
     spec_max = {m: int(v) for m, v in meta.get("spec", {}).get("max_len", {}).items()}
@@ -174,6 +176,8 @@ def media_request(media: str | Path | Sequence[str | Path | None] | None,
 
         man = read_media_manifest(manifest, require_labels=False, media_required=False)
         items = man.items
+        _check_media_exist([it.media for it in items], f"manifest {manifest}: ",
+                           " (relative paths are read from the manifest's folder)")
         return {"media": [it.media for it in items], "transcripts": [it.transcript for it in items],
                 "starts": [it.start for it in items], "ends": [it.end for it in items],
                 "ids": [it.id for it in items], "dialogues": [it.dialogue for it in items]}
@@ -184,9 +188,19 @@ def media_request(media: str | Path | Sequence[str | Path | None] | None,
     if texts and len(texts) != len(files):
         raise DataError(f"{len(files)} media files but {len(texts)} transcripts: give one --transcript per "
                         "--media, in the same order (or none, for speech recognition)")
+    _check_media_exist(files, "", "")
     texts = [t if t else None for t in texts] or [None] * len(files)
     stems = [Path(str(f)).stem if f else f"text{k}" for k, f in enumerate(files)]
     ids = stems if len(set(stems)) == len(stems) else [str(f) for f in files]
     return {"media": [Path(f) if f else None for f in files], "transcripts": texts,
             "starts": [None] * len(files), "ends": [None] * len(files), "ids": ids,
             "dialogues": [None] * len(files)}
+
+
+def _check_media_exist(files: Sequence[str | Path | None], where: str, hint: str) -> None:
+    """Every named media file exists and is a file, checked before any model or extractor loads."""
+    bad = [Path(str(f)) for f in files if f and not Path(str(f)).is_file()]
+    if bad:
+        what = "is a folder, not a media file" if bad[0].is_dir() else "does not exist"
+        more = f" ({len(bad) - 1} more missing)" if len(bad) > 1 else ""
+        raise DataError(f"{where}media file {bad[0]} {what}{more}; check the path{hint}")

@@ -182,7 +182,8 @@ def run_fingerprint(cfg: ExtractConfig) -> str:
         return cfg.fingerprint()
     path = Path(cfg.word_timings)
     if not path.is_file():
-        raise DataError(f"word-timing file {path} does not exist (--word-timings)")
+        what = "is a folder, not a CSV file" if path.is_dir() else "does not exist"
+        raise DataError(f"word-timing file {path} {what} (--word-timings)")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return hashlib.sha256(f"{cfg.fingerprint()}{digest}".encode()).hexdigest()[:16]
 

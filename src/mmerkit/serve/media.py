@@ -61,12 +61,9 @@ def sniff(head: bytes) -> str | None:
 
 def describe_unknown(head: bytes) -> str:
     """A human name for common non-media uploads, for the 415 message."""
-    known = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
-             b"%PDF": "a PDF document", b"\x7fELF": "an executable", b"{": "JSON text"}
-    for magic, name in known.items():
-        if head.startswith(magic):
-            return name
-    return "not a recognised audio or video container"
+    from mmerkit.extract.decode import describe_not_media  # one table for the CLI and the server
+
+    return describe_not_media(head) or "not a recognised audio or video container"
 
 
 def probe_media(path: Path) -> dict[str, Any]:
