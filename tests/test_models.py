@@ -185,3 +185,28 @@ def test_most_relevant_modality_is_one_the_sample_has(name):
     assert (preds.top_modality != 0).all()
     named = {m for row in preds.rows(joined=False) for m in (x.split(":")[1] for x in row.get("modalities", []))}
     assert "text" not in named
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_one_name_builds_one_model_at_every_entry_point(name):
+    """`create_model(name)`, `api.train` / `mmer train -m name` (api.build_config) and the
+    engine build the same model config for a name: mmerkit's recipe, the authors' values one
+    preset away."""
+    from mmerkit.api import build_config
+    from mmerkit.config import packaged_names
+
+    built = create_model(name, SPEC).config.model_dump(mode="json")
+    trained = build_config(name, None, None, []).model
+    assert built == trained
+    preset = f"{name}-authors"
+    if preset in packaged_names("presets"):
+        authors = create_model(name, SPEC, preset=preset).config.model_dump(mode="json")
+        assert authors == build_config(name, None, preset, []).model
+        assert authors != built or name not in ("carat", "ramer")
+
+
+def test_a_preset_of_another_model_is_refused():
+    from mmerkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="for model 'tailor'"):
+        create_model("carat", SPEC, preset="tailor-authors")

@@ -41,13 +41,14 @@ def small(spec=None, **kw) -> TAILOR:
 
 
 def test_defaults_are_the_authors():
-    c = build_model_config("tailor")
+    c = TAILOR.config_class(name="tailor")  # the class's fields; mmerkit's recipe is over them
     assert (c.adv_weight, c.diff_weight, c.cml_weight, c.ctc_weight) == (0.01, 5e-6, 0.5, 0.5)
     assert c.threshold == 0.35 and c.grl_lambda == 1.0 and c.layers == {"text": 6, "visual": 4, "audio": 4}
     assert c.init_std == 0.02 and c.decoder_init == "bert"
     authors = load_config("tailor", None, "tailor-authors")
     assert authors.optim.optimizer == "bertadam" and authors.optim.lr == 5e-5
     assert build_model_config("tailor", authors.model) == c
+    assert build_model_config("tailor", preset="tailor-authors") == c
     # the packaged recipe departs in the decoder's init and the optimiser only (tailor.py, Recipe)
     packaged = load_config("tailor", None, None)
     assert packaged.optim.optimizer == "adamw" and packaged.optim.lr == 5e-5

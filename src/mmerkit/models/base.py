@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from mmerkit.config import ModelConfig, validate
 from mmerkit.data.batch import Batch
 from mmerkit.data.store import DataSpec
+from mmerkit.errors import ConfigError
 from mmerkit.registry import Registry
 
 Gather = Callable[[Tensor], Tensor]
@@ -153,16 +154,39 @@ def model_class(name: str) -> type[MMERModel]:
     return MODELS.get(name)
 
 
-def build_model_config(name: str, params: dict | None = None) -> ModelConfig:
+def recipe_params(name: str, preset: str | None = None) -> dict[str, Any]:
+    """The model section every entry point starts from for `name`: mmerkit's recipe
+    (`configs/models/<name>.yaml`), with a preset's model section over it when one is named
+    (e.g. "carat-authors", the authors' values)."""
+    from mmerkit.config import packaged_yaml, read_user_config
+
+    layers = [packaged_yaml("models", name).get("model") or {}]
+    if preset is not None:
+        section = read_user_config(preset).get("model") or {}
+        if section.get("name", name) != name:
+            raise ConfigError(f"preset {preset!r} is for model {section['name']!r}, not {name!r}")
+        layers.append(section)
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k: v for k, v in layer.items() if k != "name"})
+    return merged
+
+
+def build_model_config(name: str, params: dict | None = None, *, preset: str | None = None) -> ModelConfig:
+    """The model config of `name` as `mmer train -m NAME` builds it: the config class's fields
+    (the authors' values) < mmerkit's recipe (configs/models/<name>.yaml) < `preset` < `params`."""
     cls = model_class(name)
-    data = dict(params or {})
+    data = {**recipe_params(name, preset), **dict(params or {})}
     data["name"] = name
     return validate(cls.config_class, data, "model")  # type: ignore[return-value]
 
 
-def create_model(name: str, spec: DataSpec, params: dict | None = None) -> MMERModel:
-    """Build a registered model; unknown config keys fail with a did-you-mean message."""
-    cfg = build_model_config(name, params)
+def create_model(name: str, spec: DataSpec, params: dict | None = None, *,
+                 preset: str | None = None) -> MMERModel:
+    """Build a registered model: the same model `mmer train -m NAME` and `api.train` build
+    (mmerkit's recipe; `preset="carat-authors"` gives the authors' values), with `params` over it.
+    Unknown config keys fail with a did-you-mean message."""
+    cfg = build_model_config(name, params, preset=preset)
     return model_class(name)(cfg, spec)
 
 
