@@ -51,7 +51,7 @@ def media_export(export: Path, dest: Path) -> Path:
 
 
 @contextlib.contextmanager
-def running(app):
+def running(app, log_level: str = "error"):
     """Serve `app` with uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
 
     sock = socket.socket()
@@ -61,7 +61,7 @@ def running(app):
 
     state = app.state.serve
     # the configuration `mmer serve` runs with: its connection limits, head deadline and drain
-    config = uvicorn_config(app, state.settings.model_copy(update={"shutdown_grace_s": 2}), log_level="error")
+    config = uvicorn_config(app, state.settings.model_copy(update={"shutdown_grace_s": 2}), log_level=log_level)
     server = DrainingServer(config, state)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -179,3 +179,27 @@ def serve_in_this_process(export: str, port_file: str) -> None:
     sock = bind_socket("127.0.0.1", 0)
     Path(port_file).write_text(str(sock.getsockname()[1]))
     serve(export, ServeSettings(media_workers=1, shutdown_grace_s=3), sock=sock, featurizer=fake_featurizer)
+
+
+@contextlib.contextmanager
+def log_records(*names: str):
+    """Records the named loggers emit meanwhile. Enter it once the server runs: uvicorn's logging
+    set-up (made with its Config) replaces the handlers of its loggers."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+
+    def keep(record: logging.LogRecord) -> None:  # once, though it propagates through several of `names`
+        if not any(r is record for r in records):
+            records.append(record)
+
+    handler.emit = keep  # type: ignore[method-assign]
+    loggers = [logging.getLogger(n) for n in names]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)

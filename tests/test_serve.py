@@ -30,6 +30,7 @@ from serve_helpers import (  # noqa: E402
     PARENT_PID_ENV,
     fake_features,
     fake_featurizer,
+    log_records,
     media_export,
     running,
     train_export,
@@ -544,11 +545,12 @@ def test_unexpected_failure_is_a_500_without_traceback(export):
         raise RuntimeError("secret internal detail")
 
     app.state.serve.model.predictor.model.forward = broken
-    with running(app) as url:
+    with running(app) as url, log_records("uvicorn", "uvicorn.error", "mmerkit.serve") as logged:
         r = httpx.post(f"{url}/v1/predict", json={"samples": random_samples(1, 0)})
         assert_error(r, 500)
         assert "secret" not in r.text
         assert httpx.get(f"{url}/healthz").status_code == 200
+    assert len([rec for rec in logged if rec.exc_info]) == 1  # one traceback in the log, not two
 
 
 def test_feature_only_export_refuses_clips(export, clips):

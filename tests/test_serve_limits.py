@@ -26,6 +26,7 @@ pytest.importorskip("av", reason="the media extra is not installed: pip install 
 
 from serve_helpers import (  # noqa: E402
     fake_featurizer,
+    log_records,
     media_export,
     running,
     train_export,
@@ -92,15 +93,10 @@ def test_half_open_connections_neither_starve_healthz_nor_fill_the_log(media_dir
 
     settings = ServeSettings(media_workers=0, header_timeout_s=2, max_connections=50)
     app = create_app(media_dir, settings, featurizer=fake_featurizer)
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "mmerkit.serve", "asyncio")]
-    for lg in loggers:
-        lg.addHandler(handler)
     socks: list[socket.socket] = []
     try:
-        with running(app) as url:
+        with running(app, "info") as url, log_records("uvicorn", "uvicorn.error", "mmerkit.serve",
+                                                      "asyncio") as records:
             for _ in range(300):
                 s = socket.create_connection(("127.0.0.1", _port(url)), timeout=5)
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
@@ -123,8 +119,6 @@ def test_half_open_connections_neither_starve_healthz_nor_fill_the_log(media_dir
     finally:
         for s in socks:
             s.close()
-        for lg in loggers:
-            lg.removeHandler(handler)
     assert len([r for r in records if r.levelno >= logging.WARNING]) < 5, [r.getMessage() for r in records][:5]
 
 

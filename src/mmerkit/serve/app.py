@@ -382,7 +382,21 @@ class GuardMiddleware:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             error = _too_large(limit, json_body)
             return await JSONResponse(error.body(), 413, headers={"Connection": "close"})(scope, receive, send)
-        return await self.app(scope, self._counting(receive, limit, json_body), send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, self._counting(receive, limit, json_body), tracked)
+        except Exception as exc:  # caught here, not by an app handler: Starlette would re-raise it to
+            # uvicorn, which logs the traceback a second time
+            log.error("unexpected error on %s %s", scope.get("method"), path, exc_info=exc)
+            if not started:
+                body = error_body(500, "internal error", None, "the server log has the details")
+                await JSONResponse(body, 500)(scope, receive, send)
 
     def _refusal(self, headers: dict[str, str], path: str) -> RequestError | None:
         host = headers.get("host")
@@ -502,11 +516,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "path", "query")) or "request"
         return JSONResponse(error_body(422, str(err.get("msg", "invalid request")), where,
                                        "see /docs for the expected request"), 422)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONResponse(error_body(500, "internal error", None, "the server log has the details"), 500)
 
 
 def page_html() -> str:

@@ -5,8 +5,9 @@ uvicorn's own settings do what they can: `timeout_keep_alive` closes idle kept-a
 `h11_max_incomplete_event_size` caps a request's head, `timeout_graceful_shutdown` bounds the
 drain. What uvicorn lacks is added here in a subclass of its h11 protocol: a deadline for a
 request's head (a connection that never finishes its headers is closed, quietly) and a cap on
-open connections where a new connection pushes out the oldest one still sending its head, so
-half-open connections cannot crowd out real clients (or /healthz).
+open connections where a new connection pushes out the oldest one not in a request (still
+sending its head, or idle between requests), so half-open connections cannot crowd out real
+clients (or /healthz).
 """
 
 from __future__ import annotations
@@ -52,12 +53,14 @@ def guarded_protocol(settings: ServeSettings) -> type[H11Protocol]:
 
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _idle_since = 0.0
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
-            if len(self.connections) >= max_connections and not _evict_oldest_pending(self.connections):
+            if len(self.connections) >= max_connections and not _evict_oldest_idle(self.connections):
                 transport.abort()  # every connection is busy with a request: no room
                 return
             super().connection_made(transport)
+            self._idle_since = self.loop.time()
             self._start_head_timer()
 
         def data_received(self, data: bytes) -> None:
@@ -74,14 +77,15 @@ def guarded_protocol(settings: ServeSettings) -> type[H11Protocol]:
         def on_response_complete(self) -> None:
             super().on_response_complete()
             self._stop_head_timer()  # idle between requests: uvicorn's keep-alive timeout applies
+            self._idle_since = self.loop.time()
 
-        def sending_head(self) -> bool:
-            return self._head_timer is not None
+        def evictable(self) -> bool:
+            """Not in a request: still sending a head, or idle between requests."""
+            return self.conn.their_state is h11.IDLE and not self.transport.is_closing()
 
         def _start_head_timer(self) -> None:
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(head_timeout, self._head_too_slow)
-                self._opened = self.loop.time()
 
         def _stop_head_timer(self) -> None:
             if self._head_timer is not None:
@@ -95,11 +99,11 @@ def guarded_protocol(settings: ServeSettings) -> type[H11Protocol]:
     return GuardedH11Protocol
 
 
-def _evict_oldest_pending(connections: set) -> bool:
-    pending = [c for c in connections if getattr(c, "sending_head", lambda: False)()]
-    if not pending:
+def _evict_oldest_idle(connections: set) -> bool:
+    idle = [c for c in connections if getattr(c, "evictable", lambda: False)()]
+    if not idle:
         return False
-    oldest = min(pending, key=lambda c: c._opened)
+    oldest = min(idle, key=lambda c: c._idle_since)
     oldest._stop_head_timer()
     oldest.transport.abort()
     oldest.connections.discard(oldest)
@@ -117,10 +121,8 @@ class DrainingServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.state.draining = True
-        for server in self.servers:
+        for server in self.servers:  # stop listening (uvicorn's shutdown does it again, harmlessly)
             server.close()
-        for connection in list(self.server_state.connections):
-            connection.shutdown()
         grace = max(0.0, float(self.config.timeout_graceful_shutdown or 0) - 1.0)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace

@@ -37,7 +37,7 @@ class ServeSettings(BaseModel):
     examples: str | None = None  # a FeatureStore whose test split the page offers as samples
     max_examples: int = Field(20, ge=0)
     # connections and request bodies (docs/serve.md, "Limits")
-    max_connections: int = Field(100, ge=2)  # open connections; a new one pushes out the oldest still sending its head
+    max_connections: int = Field(100, ge=2)  # open connections; a new one pushes out the oldest not in a request
     header_timeout_s: float = Field(10.0, gt=0)  # a request's head must arrive within this, else the connection closes
     body_timeout_s: float = Field(30.0, gt=0)  # longest wait for the next piece of a request body -> 408
     keep_alive_s: int = Field(5, ge=1)  # idle kept-alive connections close after this (uvicorn timeout_keep_alive)
