@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import os
-import pickle
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -43,14 +42,12 @@ from mmerkit.data.mosei import (
     LABELS as MOSEI_LABELS,
 )
 from mmerkit.data.mosei import (
-    _UNREADABLE,
-    _as_mapping,
     _check_args,
     _get_split,
     _keys,
+    _load_pickle,
     _require_file,
     _stack,
-    _warn_pickle,
     _zero_neg_inf,
 )
 from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, SplitArrays, write_store
@@ -139,18 +136,6 @@ def _is_number(value: Any) -> bool:
 # ----------------------------------------------------------------------------- the pickle
 
 
-def _load(path: Path) -> Mapping:
-    _require_file(path, "an MMSA feature pickle (aligned_50.pkl or unaligned_50.pkl)")
-    _warn_pickle(path)
-    try:
-        with open(path, "rb") as f:
-            obj = pickle.load(f)
-    except _UNREADABLE as e:
-        raise DataError(f"{path} could not be read as a pickle ({type(e).__name__}: {e}); it is "
-                        "truncated or not an MMSA aligned_50.pkl / unaligned_50.pkl: download it again") from None
-    return _as_mapping(obj, path)
-
-
 def _modality(sd: Mapping, key: str, path: Path, split: str) -> np.ndarray:
     where = f"{path.name}, split {split!r}, key {key!r}"
     if key not in sd:
@@ -230,7 +215,7 @@ def convert_mmsa(path: str | os.PathLike, out: str | os.PathLike, *, labels: str
     csv_path = _labels_path(labels, labels_from)
     _check_args(out, overwrite, nan_policy, empty_labels)
     names, table = read_label_csv(csv_path, emotions)
-    data = _load(path)
+    data = _load_pickle(path, "an MMSA aligned_50.pkl / unaligned_50.pkl")
     splits, counts = {}, {}
     for split, aliases in SPLIT_KEYS.items():
         splits[split], matched, total = _split(_get_split(data, path, split, aliases), path, split, text_key,

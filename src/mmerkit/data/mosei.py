@@ -81,16 +81,16 @@ def _load_torch(path: Path) -> Mapping:
     return _as_mapping(obj, path)
 
 
-def _load_pickle(path: Path) -> Mapping:
-    _require_file(path, "the unaligned CMU-MOSEI mosei_senti_data_noalign.pkl")
+def _load_pickle(path: Path, what: str = "MulT's unaligned CMU-MOSEI mosei_senti_data_noalign.pkl") -> Mapping:
+    """Unpickle a corpus file after the warning; `what` names the file the user should pass."""
+    _require_file(path, what)
     _warn_pickle(path)
     try:
         with open(path, "rb") as f:
             obj = pickle.load(f)
     except _UNREADABLE as e:
         raise DataError(f"{path} could not be read as a pickle ({type(e).__name__}: {e}); "
-                        "it is truncated or not MulT's mosei_senti_data_noalign.pkl: "
-                        "download it again") from None
+                        f"it is truncated or not {what}: download it again") from None
     return _as_mapping(obj, path)
 
 
