@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import SPEC, make_batch
+from helpers import SPEC, assert_mentions, make_batch, mmer_fails
 
 from mmerkit.data.batch import Batch
 from mmerkit.data.store import DataSpec
@@ -250,3 +250,9 @@ def test_missing_modality_leaves_its_contrastive_term():
     assert out.features["pooled"][:, 1].abs().sum() == 0
     terms = model.loss(out, batch)
     assert torch.isfinite(terms["total"])
+
+
+def test_cli_store_labels_without_va_points_exit_2(capsys):
+    err = mmer_fails(capsys, "train", "-m", "univa", "--dry-run", "--set", "data.synthetic.labels=[joy, gloom]",
+                     "--set", "data.synthetic.samples=60")
+    assert_mentions(err, "'joy', 'gloom'", r"model\.va_table")

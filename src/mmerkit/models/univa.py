@@ -42,8 +42,9 @@ Defaults are the release's MOSEI GloVe script (run_MOSEI_TAV_ours_glove.sh): H 7
 FFN 3072, dropouts 0.1, text / audio / visual layers 7 / 3 / 5, temperature 0.4, alpha 0.2,
 no label-similarity regulariser, threshold 0.18. The `univa-authors` preset adds its optimiser
 and loop (AdamW eps 1e-6 without weight decay, lr 7e-5, 10% warm-up + linear decay, clip 1,
-batch 32, 15 epochs, seed 1111); `configs/models/univa.yaml` is mmerkit's recipe (its header
-says where and why it departs, chosen on validation).
+batch 32, 15 epochs, seed 1111); `configs/models/univa.yaml`, mmerkit's recipe, is the same
+loop: no departure was needed (every seed of `univa-small` learns on the embedded data; README,
+"Comparison of every model").
 
 The text branch reads the store's text features through the same encoder as the other
 modalities (the release's GloVe path). The release's RoBERTa-over-the-dialogue branch is not
