@@ -47,7 +47,9 @@ def _npz(path: Path, n: int = 12, empty_row: int | None = None) -> Path:
 # ----------------------------------------------------------------------------- item 2: converter options
 
 
-CONVERTERS = [k for k, v in api._converters().items() if v["convert"] is not None]
+from mmerkit.data.catalogue import CONVERTERS as _REGISTRY  # noqa: E402
+
+CONVERTERS = _REGISTRY.names()
 
 
 @pytest.mark.parametrize("source", CONVERTERS)
@@ -65,7 +67,7 @@ def test_misspelt_converter_option_names_the_closest(tmp_path, capsys, source):
 
 @pytest.mark.parametrize("source", CONVERTERS)
 def test_one_spelling_for_empty_labels_across_converters(source):
-    fn = api._converters()[source]["convert"]
+    fn = _REGISTRY.get(source)
     assert "empty_labels" in converter_option_names(fn)
     assert not {"allow_empty", "allow_empty_labels"} & set(converter_option_names(fn))
 

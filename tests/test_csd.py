@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 
 from mmerkit.data import csd as csd_mod
+from mmerkit.data.catalogue import CONVERTERS
 from mmerkit.data.csd import (
-    CONVERTERS,
-    DESCRIPTION,
     EMOTIONS,
     align_to_intervals,
     convert_csd,
@@ -112,13 +111,13 @@ def test_convert_aligned_store(tmp_path):
     assert tr.labels[1].tolist() == (labels["vid0"][0][1, 1:] > 0).astype(int).tolist()
     vid4 = [i for i, s in enumerate(tr.ids) if s.startswith("vid4")]
     assert tr.lengths["visual"][vid4].tolist() == [0, 0] and (tr.lengths["audio"][vid4] > 0).all()
-    assert "csd" in CONVERTERS and "csd" in DESCRIPTION
+    assert CONVERTERS.entry("csd").info["description"]
 
 
 def test_options_folds_files_and_threshold(tmp_path):
     make_corpus(tmp_path / "csd")
     (tmp_path / "folds.txt").write_text("# split video\ntrain vid0\ntrain vid1\ndev vid2\ntest vid3\n")
-    s = CONVERTERS["csd"](tmp_path / "csd", tmp_path / "a", folds=tmp_path / "folds.txt", max_len=4,
+    s = CONVERTERS.get("csd")(tmp_path / "csd", tmp_path / "a", folds=tmp_path / "folds.txt", max_len=4,
                           truncate="tail", threshold=0.5)
     tr = s.split("train")
     assert tr.features["text"].shape[1] == 4 and s.splits == {"train": 4, "valid": 2, "test": 2}

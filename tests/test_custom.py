@@ -3,9 +3,8 @@ import json
 import numpy as np
 import pytest
 
+from mmerkit.data.catalogue import CONVERTERS
 from mmerkit.data.custom import (
-    CONVERTERS,
-    DESCRIPTION,
     convert_custom,
     from_arrays,
     from_manifest,
@@ -74,12 +73,12 @@ def npz_dict(n=10, seed=0):
 def test_npz_round_trip_and_errors(tmp_path):
     d = npz_dict()
     np.savez(tmp_path / "f.npz", **d)
-    s = CONVERTERS["custom"](tmp_path / "f.npz", tmp_path / "s")
+    s = CONVERTERS.get("custom")(tmp_path / "f.npz", tmp_path / "s")
     assert s.labels == ["x", "y", "z"] and s.modalities == {"audio": 5, "text": 6}
     assert s.split("train").lengths["audio"].tolist() == d["audio_len"][:6].tolist()
     assert s.split("test").ids == ["id8", "id9"] and s.meta["source"] == "custom:f.npz"
     np.testing.assert_array_equal(s.split("valid").labels, d["labels"][6:8])
-    assert "custom" in DESCRIPTION
+    assert CONVERTERS.entry("custom").info["description"]
 
     def bad(name, match, **change):
         dd = {**npz_dict(), **change}

@@ -3,7 +3,8 @@ import pickle
 import numpy as np
 import pytest
 
-from mmerkit.data.m3ed import CONVERTERS, DESCRIPTION, LABELS, convert_m3ed
+from mmerkit.data.catalogue import CONVERTERS
+from mmerkit.data.m3ed import LABELS, convert_m3ed
 from mmerkit.errors import DataError
 
 DIMS = {3: 6, 4: 5, 5: 3}  # text, reader's "visual", reader's "audio" (768/1024/342 in the release)
@@ -51,13 +52,13 @@ def test_convert_layout_labels_and_truncation(tmp_path):
         n = len(data[2][d])
         np.testing.assert_allclose(tr.features["visual"][i, :n], data[4][d])
         assert tr.lengths["audio"][i] == n and not tr.features["audio"][i, n:].any()
-    assert "m3ed" in CONVERTERS and "m3ed" in DESCRIPTION
+    assert CONVERTERS.entry("m3ed").info["description"]
 
 
 def test_swap_visual_audio(tmp_path):
     p = write(tmp_path, m3ed_data())
     with pytest.warns(UserWarning):
-        store = CONVERTERS["m3ed"](p, tmp_path / "s", swap_visual_audio=True, max_len=10, truncate="tail")
+        store = CONVERTERS.get("m3ed")(p, tmp_path / "s", swap_visual_audio=True, max_len=10, truncate="tail")
     assert store.modalities == {"text": 6, "visual": 3, "audio": 5}
     assert store.split("train").features["text"].shape[1] == 10
     assert "swapped" in store.meta["source"]

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from mmerkit.data.memor import CHARACTERS, CONVERTERS, DESCRIPTION, convert_memor, label_names
+from mmerkit.data.catalogue import CONVERTERS
+from mmerkit.data.memor import CHARACTERS, convert_memor, label_names
 from mmerkit.errors import DataError
 
 DA, DT, DV, DP = 5, 4, 3, 6
@@ -79,13 +80,13 @@ def test_convert_protocol(tmp_path):
             assert sp.extras["clip"][i, 0] == sorted(data).index(clip)
             seen += 1
     assert seen == 24
-    assert "memor" in CONVERTERS and "memor" in DESCRIPTION
+    assert CONVERTERS.entry("memor").info["description"]
 
 
 def test_fine_grained_segments_and_seed(tmp_path):
     root = tmp_path / "memor"
     data, _ = build_release(root)
-    a = CONVERTERS["memor"](root, tmp_path / "a", label_set="fine", sequence="segments",
+    a = CONVERTERS.get("memor")(root, tmp_path / "a", label_set="fine", sequence="segments",
                             modalities=["audio", "text"], personality=False)
     assert len(a.labels) == 14 and a.aligned and set(a.modalities) == {"audio", "text"}
     assert set(a.spec().extras) == {"clip", "character"}

@@ -210,3 +210,54 @@ def test_a_preset_of_another_model_is_refused():
 
     with pytest.raises(ConfigError, match="for model 'tailor'"):
         create_model("carat", SPEC, preset="tailor-authors")
+
+
+def _batch_of_lengths(spec, lengths: list[dict[str, int]], seed: int = 0) -> Batch:
+    """One sample per entry of `lengths` ({modality: steps}), zero padded to the longest."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(lengths)
+    t = {m: max(1, *(row[m] for row in lengths)) for m in spec.modalities}
+    inputs = {m: torch.randn(b, t[m], d, generator=g) for m, d in spec.modalities.items()}
+    masks = {m: torch.arange(t[m])[None, :] < torch.tensor([row[m] for row in lengths])[:, None]
+             for m in spec.modalities}
+    for m in spec.modalities:
+        inputs[m] = inputs[m] * masks[m][..., None]
+    y = torch.zeros(b, spec.num_labels)
+    y[:, 0] = 1
+    present = torch.ones(b, len(spec.modalities), dtype=torch.bool)
+    return Batch(inputs, masks, present, y, torch.arange(b), spec.modality_names)
+
+
+@pytest.mark.parametrize("spec", [SPEC, UNALIGNED], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("name", list_models())
+def test_declared_max_steps_are_what_the_model_takes(name, spec):
+    """The contract's `max_steps()`: inputs of the declared length pass, one step more fails (the
+    server sets its request limits from it)."""
+    torch.manual_seed(0)
+    model = fit_if_closed_form(create_model(name, spec, model_class(name).test_params), make_batch(spec=spec)).eval()
+    caps = model.max_steps()
+    assert set(caps) == set(spec.modalities)
+    declared = [c for c in caps.values() if c is not None]
+    t = min(declared) if declared else 3 * max(spec.max_len.values())
+    with torch.no_grad():
+        assert torch.isfinite(model(_batch_of_lengths(spec, [dict.fromkeys(spec.modalities, t)] * 2)).probs).all()
+        if declared:
+            with pytest.raises((ValueError, RuntimeError, IndexError)):
+                model(_batch_of_lengths(spec, [dict.fromkeys(spec.modalities, t + 1)] * 2))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_padding_invariant_models_answer_the_same_in_any_batch(name):
+    """A model declaring `padding_invariant` gives a sample the same answer alone and in a batch
+    padded to a longer sample (the server then batches requests of any lengths together)."""
+    cls = model_class(name)
+    if not cls.padding_invariant:
+        pytest.skip(f"{name} declares that its answers depend on padding")
+    torch.manual_seed(0)
+    model = fit_if_closed_form(create_model(name, SPEC, cls.test_params), make_batch()).eval()
+    short, longer = dict.fromkeys(SPEC.modalities, 3), dict.fromkeys(SPEC.modalities, 6)
+    both = _batch_of_lengths(SPEC, [short, longer], seed=1)
+    alone = Batch({m: x[:1, :3] for m, x in both.inputs.items()}, {m: k[:1, :3] for m, k in both.masks.items()},
+                  both.present[:1], both.labels[:1], both.index[:1], both.modalities)
+    with torch.no_grad():
+        torch.testing.assert_close(model(alone).probs, model(both).probs[:1], rtol=0, atol=1e-5)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from mmerkit.data.catalogue import CONVERTERS
 from mmerkit.data.mosei import (
-    CONVERTERS,
     LABELS,
     convert_mosei_aligned,
     convert_mosei_unaligned,
@@ -311,5 +311,17 @@ def test_unaligned_layout_errors(tmp_path):
 
 
 def test_converters_registry():
-    assert CONVERTERS == {"mosei-aligned": convert_mosei_aligned,
-                          "mosei-unaligned": convert_mosei_unaligned}
+    assert CONVERTERS.get("mosei-aligned") is convert_mosei_aligned
+    assert CONVERTERS.get("mosei-unaligned") is convert_mosei_unaligned
+    # the converter that cannot work without the aligned file says so in its registration
+    assert "train_valid_test.pt" in CONVERTERS.entry("mosei-unaligned").info["needs_labels_from"]
+    assert CONVERTERS.entry("mosei-aligned").info["needs_labels_from"] is None
+
+
+def test_a_converter_needing_labels_from_is_refused_without_it(tmp_path):
+    from mmerkit import api
+    from mmerkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs labels_from .CLI: --labels-from. = train_valid_test.pt"):
+        api.data_convert("mosei-unaligned", tmp_path / "x.pkl", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -634,22 +634,15 @@ def test_examples_store_must_match_the_model(export, tmp_path):
         create_app(export, ServeSettings(examples=str(other.path)))
 
 
-def test_longest_accepted_input_found_by_warm_up(export):
-    """A model whose positional table the config does not name: the server finds its limit
-    (here 25 steps) with warm-up calls, and a longer request then gets a 422, not a crash."""
+def test_longest_accepted_input_is_the_model_contracts(export):
+    """The server's input limit is what the model contract's `max_steps()` declares (here 25
+    steps), read from the model, not from config field names: a longer request gets a 422."""
     from mmerkit.serve.model import ServedModel
 
     predictor = Predictor.from_pretrained(export)
-    original = predictor.model.forward
-
-    def limited(batch):
-        if max(x.shape[1] for x in batch.inputs.values()) > 25:
-            raise IndexError("index out of range in self")
-        return original(batch)
-
-    predictor.model.forward = limited
+    predictor.model.max_steps = lambda: {"text": 25, "audio": None}
     served = ServedModel(predictor, export, max_steps=1000, max_samples=8)
-    assert served.input_spec.max_steps == {"text": 25, "audio": 25}
+    assert served.input_spec.max_steps == {"text": 25, "audio": 1000}
     app = create_app(export, ServeSettings(), model=served)
     with running(app) as url:
         ok = httpx.post(f"{url}/v1/predict", json={"samples": [{"text": [[0.0] * 8] * 25}]})
@@ -679,8 +672,9 @@ def test_full_media_queue_answers_503(media_dir, clips, monkeypatch):
 
 
 def test_model_whose_answers_depend_on_padding_batches_equal_lengths(export):
-    """TAILOR's answers move with the padded length; the server then batches only samples of
-    equal lengths, so a sample's answer never depends on what it was batched with."""
+    """A model whose contract says its answers move with the padded length (`padding_invariant =
+    False`) is batched by the server only with samples of equal lengths, so a sample's answer
+    never depends on what it was batched with."""
     from mmerkit.serve.inputs import Sample
     from mmerkit.serve.model import ServedModel
 
@@ -695,6 +689,7 @@ def test_model_whose_answers_depend_on_padding_batches_equal_lengths(export):
         return out
 
     predictor.model.forward = padding_matters
+    predictor.model.padding_invariant = False  # what such a model declares
     served = ServedModel(predictor, export, max_steps=40, max_samples=8)
     assert not served.padding_invariant
     rng = np.random.default_rng(3)

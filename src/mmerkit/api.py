@@ -94,23 +94,13 @@ def models_table() -> list[dict[str, Any]]:
     return [{"name": e.name, "paper": e.info["paper"], "year": e.info["year"] or "-"} for e in MODELS.entries()]
 
 
-def _converters() -> dict[str, dict[str, Any]]:
-    """Dataset name -> {convert: fn, description}, collected from each reader module."""
-    from mmerkit.data import csd, custom, m3ed, memor, mmsa, mosei
-
-    table: dict[str, dict[str, Any]] = {
-        "synthetic": {"convert": None, "description": "embedded MOSEI-shaped synthetic data "
-                      "(`mmer data synth`; the default of `mmer train`)"},
-    }
-    for module in (mosei, mmsa, m3ed, memor, csd, custom):
-        for name, fn in module.CONVERTERS.items():
-            table[name] = {"convert": fn, "description": getattr(module, "DESCRIPTION", {}).get(name, "")
-                           or (fn.__doc__ or "").strip().splitlines()[0]}
-    return table
-
-
 def datasets_table() -> list[dict[str, str]]:
-    return [{"name": k, "description": v["description"]} for k, v in _converters().items()]
+    """The embedded data and every registered converter (mmerkit.data.catalogue), with a line each."""
+    from mmerkit.data.catalogue import CONVERTERS
+
+    return [{"name": "synthetic", "description": "embedded MOSEI-shaped synthetic data "
+             "(`mmer data synth`; the default of `mmer train`)"},
+            *({"name": e.name, "description": e.info["description"]} for e in CONVERTERS.entries())]
 
 
 # ----------------------------------------------------------------------------- data
@@ -136,26 +126,25 @@ def data_convert(source: str, path: str | Path, out: str | Path, labels_from: st
     `source` is a name of `datasets_table()`; `options` go to that converter as keyword
     arguments (e.g. `folds=` for csd, `label_set=` for memor, `swap_visual_audio=` for m3ed).
     """
-    table = _converters()
-    if source not in table or table[source]["convert"] is None:
-        names = [k for k, v in table.items() if v["convert"] is not None]
+    from mmerkit.data.catalogue import CONVERTERS
+
+    if source not in CONVERTERS:
+        names = CONVERTERS.names()
         raise ConfigError(f"unknown source={source!r} (CLI: --from).{did_you_mean(source, names)} "
                           f"Known: {', '.join(names)}")
-    fn = table[source]["convert"]
+    entry = CONVERTERS.entry(source)
+    fn = entry.obj
     _check_converter_options(source, fn, options)
     check_writable_dir(out, "--out")
     kwargs: dict[str, Any] = {"nan_policy": nan_policy, "overwrite": overwrite, **options}
-    if source == "mosei-unaligned":
-        if labels_from is None:
-            raise ConfigError("source='mosei-unaligned' (CLI: --from) needs labels_from=train_valid_test.pt "
-                              "(CLI: --labels-from): the MulT "
-                              "pickle has no emotion labels, they come from the aligned file")
-        return fn(path, labels_from, out, **kwargs)
+    needs = entry.info.get("needs_labels_from")
+    if needs and labels_from is None:
+        raise ConfigError(f"source={source!r} (CLI: --from) needs labels_from (CLI: --labels-from) = {needs}")
     if labels_from is not None:
         if "labels_from" not in inspect.signature(fn).parameters:
             raise ConfigError(f"labels_from (CLI: --labels-from) is not an option of source={source!r} (CLI: --from)")
         kwargs["labels_from"] = labels_from
-    return fn(path, out, **kwargs)
+    return fn(path, out=out, **kwargs)
 
 
 def _check_converter_options(source: str, fn: Any, options: dict[str, Any]) -> None:

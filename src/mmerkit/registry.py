@@ -1,6 +1,6 @@
-"""A small name -> object registry with did-you-mean errors; the model registry
-(`mmerkit.models.base.MODELS`) is one. Datasets are not registered here: each converter module
-lists its converters in a `CONVERTERS` dict, which `mmerkit.api.datasets_table` collects.
+"""A small name -> object registry with did-you-mean errors: models
+(`mmerkit.models.base.MODELS`), media extractors (`mmerkit.extract.base.EXTRACTORS`) and dataset
+converters (`mmerkit.data.converters.CONVERTERS`) each have one.
 
 Example:
     >>> MODELS = Registry("model")

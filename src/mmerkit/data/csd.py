@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mmerkit.data.converters import register_converter
 from mmerkit.data.store import FeatureStore, NanPolicy, SplitArrays, write_store
 from mmerkit.errors import DataError
 
@@ -403,6 +404,8 @@ def _drop_empty(splits: dict[str, SplitArrays]) -> dict[str, SplitArrays]:
     return out
 
 
+@register_converter('csd', description=("CMU-MOSEI from CMU Multimodal SDK .csd files (word-aligned by overlap averaging, "
+                    "6 emotions > 0, standard folds); needs h5py"))
 def convert_csd(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy: NanPolicy = "reject",
                 overwrite: bool = False, folds: Any = None, labels_from: str | os.PathLike | None = None,
                 text: str | None = None, visual: str | None = None, audio: str | None = None,
@@ -419,8 +422,3 @@ def convert_csd(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy: 
                        source=f"mosei-aligned:CMU SDK .csd ({Path(path).name}, word-aligned)", aligned=True,
                        nan_policy=nan_policy, empty_labels="allow" if empty_labels == "allow" else "reject",
                        overwrite=overwrite)
-
-
-CONVERTERS = {"csd": convert_csd}
-DESCRIPTION = {"csd": "CMU-MOSEI from CMU Multimodal SDK .csd files (word-aligned by overlap averaging, "
-                      "6 emotions > 0, standard folds); needs h5py"}

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from mmerkit.data.converters import register_converter
 from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, NanPolicy, SplitArrays, write_store
 from mmerkit.errors import DataError
 
@@ -425,6 +426,8 @@ def from_manifest(path: str | os.PathLike, out: str | os.PathLike, *, label_name
                   name=name, nan_policy=nan_policy, empty_labels=empty_labels, overwrite=overwrite)
 
 
+@register_converter('custom', description=("your own features: an .npz (one array per modality + labels, label_names, split) "
+                    "or a CSV/JSONL manifest of .npy paths"))
 def convert_custom(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy: NanPolicy = "reject",
                    overwrite: bool = False, label_names: Sequence[str] | None = None,
                    empty_labels: EmptyLabelPolicy = "reject", max_len: int | None = None, truncate: str = "head",
@@ -440,8 +443,3 @@ def convert_custom(path: str | os.PathLike, out: str | os.PathLike, *, nan_polic
     if suffix in (".csv", ".jsonl", ".ndjson"):
         return from_manifest(path, out, label_names=label_names, **common)
     raise DataError(f"{path}: custom data must be an .npz or a .csv/.jsonl manifest (see docs/datasets.md)")
-
-
-CONVERTERS = {"custom": convert_custom}
-DESCRIPTION = {"custom": "your own features: an .npz (one array per modality + labels, label_names, split) "
-                         "or a CSV/JSONL manifest of .npy paths"}

@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mmerkit.data.converters import register_converter
 from mmerkit.data.dialogue import Missing, Truncate, build_dialogues_from_dicts
 from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, NanPolicy, write_store
 from mmerkit.errors import DataError
@@ -115,6 +116,8 @@ def _dict_item(data: Any, slot: int, what: str, source: str) -> Mapping:
     return item
 
 
+@register_converter('m3ed', description=("M3ED dialogues from the authors' feature pickle (CARAT protocol: union of "
+                    "utterance emotions, 7 labels, 60 utterances)"))
 def convert_m3ed(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy: NanPolicy = "reject",
                  overwrite: bool = False, swap_visual_audio: bool = False, max_len: int = 60,
                  truncate: Truncate = "head", missing: Missing = "reject", union_over: str = "all",
@@ -127,8 +130,3 @@ def convert_m3ed(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy:
     note = ", visual/audio swapped" if swap_visual_audio else ""
     return write_store(out, splits, LABELS, name=name, source=f"m3ed:{path.name}{note}",
                        aligned=True, nan_policy=nan_policy, empty_labels=empty_labels, overwrite=overwrite)
-
-
-CONVERTERS = {"m3ed": convert_m3ed}
-DESCRIPTION = {"m3ed": "M3ED dialogues from the authors' feature pickle (CARAT protocol: union of "
-                       "utterance emotions, 7 labels, 60 utterances)"}

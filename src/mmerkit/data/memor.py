@@ -55,6 +55,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mmerkit.data.converters import register_converter
 from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, NanPolicy, SplitArrays, write_store
 from mmerkit.errors import DataError
 
@@ -359,6 +360,8 @@ def read_memor(path: str | os.PathLike, *, label_set: str = "primary", modalitie
     return splits
 
 
+@register_converter('memor', description=("MEmoR clips (licence-gated): one sample per target person, union of their "
+                    "annotated emotions (our protocol), personality as an extra input"))
 def convert_memor(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy: NanPolicy = "reject",
                   overwrite: bool = False, label_set: str = "primary", modalities: Sequence[str] = MODALITIES,
                   personality: bool = True, sequence: SequenceMode = "compact", valid_fraction: float = 0.2,
@@ -376,8 +379,3 @@ def convert_memor(path: str | os.PathLike, out: str | os.PathLike, *, nan_policy
                        source=f"memor:{Path(path).name} ({key}, per-person union, {sequence})",
                        aligned=sequence == "segments", nan_policy=nan_policy, empty_labels=empty_labels,
                        overwrite=overwrite)
-
-
-CONVERTERS = {"memor": convert_memor}
-DESCRIPTION = {"memor": "MEmoR clips (licence-gated): one sample per target person, union of their "
-                        "annotated emotions (our protocol), personality as an extra input"}

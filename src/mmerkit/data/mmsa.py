@@ -32,15 +32,13 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mmerkit.data.mosei import (
-    LABELS as MOSEI_LABELS,
-)
+from mmerkit.data.converters import register_converter
 from mmerkit.data.mosei import (
     _check_args,
     _get_split,
@@ -49,6 +47,9 @@ from mmerkit.data.mosei import (
     _require_file,
     _stack,
     _zero_neg_inf,
+)
+from mmerkit.data.mosei import (
+    LABELS as MOSEI_LABELS,
 )
 from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, SplitArrays, write_store
 from mmerkit.errors import DataError
@@ -201,6 +202,8 @@ def _split(sd: Mapping, path: Path, split: str, text_key: str, table: dict[str, 
 # ----------------------------------------------------------------------------- the converter
 
 
+@register_converter('mmsa', description=("MMSA aligned_50.pkl / unaligned_50.pkl (MOSI, MOSEI, SIMS features) with emotion "
+                    "labels joined by segment id from a CSV (--labels; presence = intensity > 0)"))
 def convert_mmsa(path: str | os.PathLike, out: str | os.PathLike, *, labels: str | None = None,
                  labels_from: str | os.PathLike | None = None, text_key: str = "text",
                  emotions: list[str] | None = None, nan_policy: str = "reject", overwrite: bool = False,
@@ -244,8 +247,3 @@ def _labels_path(labels: str | None, labels_from: str | os.PathLike | None) -> P
         raise DataError("--from mmsa needs the emotion-label CSV: --labels CSV (MMSA pickles hold "
                         "sentiment labels only)")
     return Path(given)
-
-
-CONVERTERS: dict[str, Callable[..., FeatureStore]] = {"mmsa": convert_mmsa}
-DESCRIPTION = {"mmsa": "MMSA aligned_50.pkl / unaligned_50.pkl (MOSI, MOSEI, SIMS features) with emotion "
-                       "labels joined by segment id from a CSV (--labels; presence = intensity > 0)"}

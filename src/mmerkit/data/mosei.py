@@ -30,12 +30,13 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mmerkit.data.converters import register_converter
 from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, SplitArrays, write_store
 from mmerkit.errors import DataError
 
@@ -257,6 +258,7 @@ def _aligned_split(sd: Mapping, path: Path, split: str, empty_labels: str) -> Sp
     return SplitArrays(features=feats, labels=y, lengths=lengths, ids=ids)
 
 
+@register_converter('mosei-aligned', description="CMU-MOSEI word-aligned train_valid_test.pt of TAILOR/CARAT/RAMer/AMP (6 emotions)")
 def convert_mosei_aligned(pt_path: str | os.PathLike, out: str | os.PathLike, *,
                           nan_policy: str = "reject", overwrite: bool = False,
                           empty_labels: EmptyLabelPolicy = "reject") -> FeatureStore:
@@ -287,6 +289,9 @@ def _unaligned_split(sd: Mapping, y: np.ndarray, pkl: Path, pt: Path, split: str
                        ids=[f"{split}-{i}" for i in range(n)])
 
 
+@register_converter('mosei-unaligned', description=("CMU-MOSEI unaligned MulT pickle mosei_senti_data_noalign.pkl; emotion labels from the "
+                    "aligned .pt (--labels-from), matched by index"),
+                    needs_labels_from="train_valid_test.pt: the MulT pickle has no emotion labels, they come from the aligned file")
 def convert_mosei_unaligned(pkl_path: str | os.PathLike, labels_from: str | os.PathLike,
                             out: str | os.PathLike, *, nan_policy: str = "reject",
                             overwrite: bool = False, empty_labels: EmptyLabelPolicy = "reject") -> FeatureStore:
@@ -314,14 +319,3 @@ def convert_mosei_unaligned(pkl_path: str | os.PathLike, labels_from: str | os.P
                   source=f"mosei-unaligned:{pkl_path.name}+{pt_path.name}", aligned=False,
                   nan_policy=nan_policy, empty_labels=empty_labels,
                   overwrite=overwrite)
-
-
-CONVERTERS: dict[str, Callable[..., FeatureStore]] = {
-    "mosei-aligned": convert_mosei_aligned,
-    "mosei-unaligned": convert_mosei_unaligned,
-}
-DESCRIPTION = {
-    "mosei-aligned": "CMU-MOSEI word-aligned train_valid_test.pt of TAILOR/CARAT/RAMer/AMP (6 emotions)",
-    "mosei-unaligned": "CMU-MOSEI unaligned MulT pickle mosei_senti_data_noalign.pkl; emotion labels from the "
-                       "aligned .pt (--labels-from), matched by index",
-}

@@ -6,6 +6,8 @@ A model is an `nn.Module` built from its own pydantic config and a `DataSpec`:
     loss(out, batch) -> {"name": term, ..., "total": weighted sum}
     on_train_batch_end(out, batch, gather)     # state updates (queues, prototypes) after a step
     fit_closed_form(data) -> {name: number}    # only models with closed_form = True (BR/CC/LP)
+    max_steps() -> {modality: int or None}     # the longest sequence each modality takes
+    padding_invariant (class flag)             # a sample's answer does not depend on batch padding
 
 `gather` is the engine's all-gather (concatenates a tensor from every rank along dim 0, in rank
 order; the identity on one process), so stateful models stay identical on every GPU.
@@ -84,6 +86,10 @@ class MMERModel(nn.Module):
     # False: trained by gradient steps (the engine's epochs of `loss`); True: fitted once by
     # `fit_closed_form` (the classic BR / CC / LP)
     closed_form: ClassVar[bool] = False
+    # True: a sample's answer does not depend on how far its batch pads it (every attention and
+    # pooling masked, positions counted per sample). The server batches requests of any lengths
+    # together only when this holds; tests/test_models.py checks the claim for every model.
+    padding_invariant: ClassVar[bool] = True
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()
@@ -110,6 +116,12 @@ class MMERModel(nn.Module):
         validation may choose hyper-parameters. Returns numbers to log with the fit (e.g. the
         chosen C). Gradient-trained models never get this call."""
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps (closed_form = False)")
+
+    def max_steps(self) -> dict[str, int | None]:
+        """The longest sequence each modality takes (its positional table's rows); None where
+        any length works. Callers (the server's input limits) ask this, never config fields;
+        tests/test_models.py checks that these lengths pass and one step more fails."""
+        return {m: None for m in self.spec.modality_names}
 
     def adapt_to_state(self, state: dict[str, Tensor]) -> None:
         """Called before a saved state is loaded: resize buffers whose size the fitted data

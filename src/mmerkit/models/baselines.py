@@ -79,6 +79,9 @@ class EarlyFusionTransformer(MMERModel):
         self.head = nn.Sequential(nn.LayerNorm(2 * h), nn.Dropout(config.dropout),
                                   nn.Linear(2 * h, spec.num_labels))
 
+    def max_steps(self) -> dict[str, int | None]:
+        return dict.fromkeys(self.spec.modality_names, self.pos_emb.num_embeddings)
+
     def forward(self, batch: Batch) -> ModelOutput:
         tokens, masks = [], []
         for i, m in enumerate(self.spec.modality_names):
@@ -130,6 +133,9 @@ class LateFusion(MMERModel):
         self.heads = nn.ModuleDict({
             m: nn.Sequential(nn.LayerNorm(2 * h), nn.Dropout(c.dropout), nn.Linear(2 * h, spec.num_labels))
             for m in spec.modalities})
+
+    def max_steps(self) -> dict[str, int | None]:
+        return {m: enc.positions.num_embeddings for m, enc in self.encoders.items()}
 
     def forward(self, batch: Batch) -> ModelOutput:
         pooled, unimodal = [], []

@@ -236,6 +236,11 @@ class CARAT(MMERModel):
             # random float labels never equal a class nor each other: distinct negative ids
             self.queue_labels.copy_(-2 - torch.arange(c.moco_queue))
 
+    def max_steps(self) -> dict[str, int | None]:
+        # unaligned: every modality is soft-aligned onto the text's steps, so only text is capped
+        return {m: self._max_pos(m) if i == 0 or not self.use_aligner else None
+                for i, m in enumerate(self.mods)}
+
     def _max_pos(self, m: str) -> int:
         c = self.config
         return max(c.max_positions.get(m, c.default_max_positions), self.spec.max_len.get(m, 0))

@@ -368,6 +368,10 @@ class TAILOR(MMERModel):
         source = torch.tensor(src + [M], device=p.device).repeat_interleave(T)
         return z, z_mask, source
 
+    def max_steps(self) -> dict[str, int | None]:
+        # unaligned: every modality is soft-aligned onto the text's steps, so only text is capped
+        return {m: self.seq_len if i == 0 or not self.use_aligner else None for i, m in enumerate(self.mods)}
+
     def forward(self, batch: Batch) -> ModelOutput:
         aux: dict = {}
         xs, mask_list = self._inputs(batch, aux)

@@ -325,6 +325,9 @@ class UniVA(MMERModel):
                 + ". Add them, or set model.va_source=labels to derive VA from the labels")
         return keys
 
+    def max_steps(self) -> dict[str, int | None]:
+        return {m: enc.positions.num_embeddings for m, enc in self.encoders.items()}
+
     def forward(self, batch: Batch) -> ModelOutput:
         present = batch.present.to(batch.labels.device)
         pooled = []

@@ -2,8 +2,9 @@
 
 `ServedModel.predict(samples)` pads a list of samples (from any number of requests) into the
 arrays mapping `Predictor.predict` takes, runs the model once and returns one JSON-ready dict
-per sample. The model's own limit on sequence length (its positional tables) is found once at
-start-up by a warm-up call, so a too-long request gets a clear 422 instead of a failed forward.
+per sample. The model's own limit on sequence length (`max_steps()` of the model contract) caps
+what a request may send, so a too-long request gets a clear 422 instead of a failed forward;
+the contract's `padding_invariant` says whether samples of different lengths share a call.
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ class ServedModel:
         self.modalities: dict[str, int] = dict(spec.modalities)
         self.thresholds = np.broadcast_to(np.asarray(predictor.threshold, np.float64), (len(self.labels),))
         self._lock = threading.Lock()
-        caps = {m: min(max_steps, _declared_cap(predictor.meta, m)) for m in self.modalities}
-        self.input_spec = InputSpec(self.modalities, self._checked_caps(caps), max_samples)
-        self.padding_invariant = self._ignores_padding()
+        # the model contract says how long each input may be and whether padding moves answers
+        declared = predictor.model.max_steps()
+        caps = {m: max_steps if declared.get(m) is None else min(max_steps, int(declared[m]))
+                for m in self.modalities}
+        self.input_spec = InputSpec(self.modalities, caps, max_samples)
+        self.padding_invariant = bool(predictor.model.padding_invariant)
+        if not self.padding_invariant:
+            log.info("the model's answers change with padding; batches group samples of equal lengths")
 
     @classmethod
     def load(cls, export_dir: str | Path, device: str = "cpu", max_steps: int = 1000,
@@ -49,51 +55,6 @@ class ServedModel:
         if not (export_dir / "config.json").exists() and (export_dir / "export" / "config.json").exists():
             export_dir = export_dir / "export"  # a run directory works too
         return cls(Predictor.from_pretrained(export_dir, device), export_dir, max_steps, max_samples)
-
-    def _checked_caps(self, caps: dict[str, int]) -> dict[str, int]:
-        """The longest inputs the model really takes, found by warm-up calls: the declared caps if
-        they pass, else a binary search between the training lengths and those caps (a model
-        whose positional table the config does not name, e.g. TAILOR's)."""
-        if self._accepts(caps):
-            return caps
-        trained = {m: max(1, int(self.predictor.spec.max_len.get(m, 1))) for m in self.modalities}
-        lo, hi = max(trained.values()), max(caps.values())
-        if not self._accepts(trained):
-            raise ConfigError(f"{self.export_dir}: the model fails on inputs of its training lengths {trained}")
-        while hi - lo > 1:  # invariant: a common length lo passes, hi fails
-            mid = (lo + hi) // 2
-            if self._accepts({m: max(trained[m], min(caps[m], mid)) for m in self.modalities}):
-                lo = mid
-            else:
-                hi = mid
-        found = {m: max(trained[m], min(caps[m], lo)) for m in self.modalities}
-        log.info("the model takes at most %s steps per modality", found)
-        return found
-
-    def _accepts(self, steps: dict[str, int]) -> bool:
-        try:
-            self._forward({m: np.zeros((1, steps[m], d), np.float32) for m, d in self.modalities.items()})
-            return True
-        except Exception:
-            return False
-
-    def _ignores_padding(self) -> bool:
-        """Does a sample get the same answer alone and padded with extra steps, as in a batch
-        with longer samples? Models whose positions depend on the padded length (TAILOR's
-        granularity descent) do not: their batches then hold samples of equal lengths only."""
-        steps = {m: max(1, min(3, cap - 2)) for m, cap in self.input_spec.max_steps.items()}
-        if any(cap < steps[m] + 2 for m, cap in self.input_spec.max_steps.items()):
-            return False  # no room to test: be safe
-        rng = np.random.default_rng(0)
-        sample = Sample("probe", {m: rng.normal(size=(steps[m], d)).astype(np.float32)
-                                  for m, d in self.modalities.items()})
-        longer = Sample("longer", {m: np.zeros((steps[m] + 2, d), np.float32) for m, d in self.modalities.items()})
-        alone = self._forward(pad_samples([sample], self.modalities)).probs[0]
-        padded = self._forward(pad_samples([sample, longer], self.modalities)).probs[0]
-        same = bool(np.abs(alone - padded).max() <= 1e-5)
-        if not same:
-            log.warning("the model's answers change with padding; batches group samples of equal lengths")
-        return same
 
     def _forward(self, arrays: dict[str, np.ndarray]) -> Predictions:
         with self._lock, torch.inference_mode():
@@ -113,7 +74,7 @@ class ServedModel:
                     raise
                 raise _overflow(members[0] if len(members) == 1 else None) from None
             _check_finite(preds, members)
-            scores = modality_label_scores(preds)
+            scores = preds.scores
             for k, i in enumerate(group):
                 out[i] = self._format(k, members[k], preds, scores)
         return out
@@ -172,26 +133,3 @@ def pad_samples(samples: list[Sample], modalities: dict[str, int]) -> dict[str, 
             x[i, : lens[i]] = s.features[m]
         arrays[m], arrays[f"{m}_len"] = x, lens
     return arrays
-
-
-def modality_label_scores(preds: Predictions) -> np.ndarray | None:
-    """The (N, M, L) modality-to-label scores, wherever this version of Predictions keeps them."""
-    for name in ("modality_label_scores", "scores"):
-        value = getattr(preds, name, None)
-        if value is not None:
-            return np.asarray(value)
-    value = preds.extra.get("modality_label_scores") if isinstance(preds.extra, dict) else None
-    return None if value is None else np.asarray(value)
-
-
-def _declared_cap(meta: dict, modality: str) -> int:
-    """The longest sequence a model's config says it takes (positional tables), else a large number."""
-    params = meta.get("model", {})
-    trained = int(meta.get("spec", {}).get("max_len", {}).get(modality, 0))
-    positions = params.get("max_positions")
-    if isinstance(positions, dict) or "default_max_positions" in params:
-        declared = (positions or {}).get(modality, params.get("default_max_positions", 0))
-        return max(int(declared), trained)
-    if isinstance(params.get("max_len"), int):
-        return max(int(params["max_len"]), trained)
-    return 10**6
