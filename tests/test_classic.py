@@ -149,9 +149,9 @@ def test_train_eval_predict_through_the_cli(name, store, tmp_path):
     assert len(lines) == 3 and lines[1].startswith("1,train") and lines[2].startswith("1,valid")
     test = json.loads((run / "test_metrics.json").read_text())
     assert test["best_epoch"] == 1 and 0 <= test["micro_f1"] <= 1 and "f1/happy" in test
-    evaluated = json.loads(mmer("eval", str(run), "-d", str(store.path)).strip().splitlines()[-1])
+    evaluated = json.loads(mmer("eval", str(run), "-d", str(store.path), "--json"))
     assert evaluated["micro_f1"] == pytest.approx(test["micro_f1"])  # the export reproduces the run
-    dropped = json.loads(mmer("eval", str(run), "--drop-modality", "text").strip().splitlines()[-1])
+    dropped = json.loads(mmer("eval", str(run), "--drop-modality", "text", "--json"))
     # the text block of the pooled features became zeros: the predictions change
     assert (dropped["micro_f1"], dropped["hamming_loss"]) != (evaluated["micro_f1"], evaluated["hamming_loss"])
     mmer("predict", str(run / "export"), "--inputs", str(store.path), "--out", str(tmp_path / "p.csv"))

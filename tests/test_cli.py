@@ -40,9 +40,9 @@ def test_train_eval_predict_inspect(tmp_path):
     assert [p.name for p in runs] == ["early_fusion_toy_seed1", "early_fusion_toy_seed2"]
     agg = json.loads((tmp_path / "runs" / "aggregate.json").read_text())
     assert set(agg["micro_f1"]) == {"mean", "std"}
-    out = mmer("eval", str(runs[0]), "-d", str(store), "--split", "test")
+    out = mmer("eval", str(runs[0]), "-d", str(store), "--split", "test", "--json")
     saved = json.loads((runs[0] / "test_metrics.json").read_text())
-    assert json.loads(out.strip().splitlines()[-1])["micro_f1"] == pytest.approx(saved["micro_f1"])
+    assert json.loads(out)["micro_f1"] == pytest.approx(saved["micro_f1"])
     assert agg["micro_f1"]["mean"] == pytest.approx(
         np.mean([json.loads((r / "test_metrics.json").read_text())["micro_f1"] for r in runs]))
     mmer("predict", str(runs[0] / "export"), "--inputs", str(store), "--split", "test", "--out", str(tmp_path / "p.csv"))

@@ -44,7 +44,7 @@ def test_aligned_mosei_file_through_the_cli(tmp_path, model):
          "--set", "train.batch_size=4", "--set", "train.progress=false")
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
     saved = json.loads((run / "test_metrics.json").read_text())
-    metrics = json.loads(mmer("eval", str(run), "--split", "test").strip().splitlines()[-1])
+    metrics = json.loads(mmer("eval", str(run), "--split", "test", "--json"))
     for key in ("micro_f1", "accuracy", "hamming_loss", "macro_f1"):  # eval reproduces the run's test
         assert metrics[key] == pytest.approx(saved[key]), key
 

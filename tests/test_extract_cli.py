@@ -86,7 +86,10 @@ def test_extract_train_predict_media_end_to_end(trained, media_dir, tmp_path, ca
                              "--media", str(media_dir / "c0.mp4"), "--transcript", "something new",
                              "--transcript", "clip 0 speaks", "--out", str(tmp_path / "p.csv"))
     assert code == 0, err
-    assert "new" in out and "most relevant modality" in out and "anger" in out
+    assert "wrote 2 predictions" in out and "most relevant modality" not in out  # the table is in the file
+    code, out, err = run_cli(capsys, "predict", str(export), "--media", str(media_dir / "new.mp4"),
+                             "--transcript", "something new")
+    assert code == 0 and "new" in out and "most relevant modality" in out and "anger" in out, err
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert [r["id"] for r in rows] == ["new", "c0"]
     assert set(rows[0]) >= {"anger", "joy", "sad", "labels", "modalities"}
@@ -402,3 +405,40 @@ def test_ctrl_c_during_extract_says_how_to_go_on(media_dir, tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted:" in err and "store.parts" in err and "continue with the same command: mmer extract" in err
     assert "Traceback" not in err, err
+
+
+def test_predict_from_a_labelled_manifest_prints_what_matters(trained, media_dir, tmp_path, capsys):
+    """Issue 20 item 7: with --out the per-clip table goes to the file only; transcripts from the
+    manifest are not reported as "read"; the manifest's labels give metrics; the CSV has Unix
+    line endings; the model loading is announced (on stderr)."""
+    _, export = trained
+    code, out, err = run_cli(capsys, "predict", str(export), "--manifest", str(media_dir / "manifest.csv"),
+                             "--out", str(tmp_path / "p.csv"))
+    assert code == 0, err
+    assert "loading the model from" in out and "feature extractors" in out
+    assert "most relevant modality" not in out and "read as" not in out and "recognised" not in out
+    assert "wrote 8 predictions to" in out and "against the manifest's labels" in out and "micro_f1" in out
+    raw = (tmp_path / "p.csv").read_bytes()
+    assert b"\r\n" not in raw and raw.count(b"\n") == 9
+    # what the API returns: the metrics of the predicted sets against the manifest's labels
+    preds = Predictor.from_pretrained(export).predict_media(manifest=media_dir / "manifest.csv")
+    from mmerkit.extract.media_predict import manifest_labels
+    from mmerkit.metrics import compute_metrics
+
+    y = manifest_labels(media_dir / "manifest.csv", preds.labels)
+    assert preds.extra["metrics"] == compute_metrics(y, preds.predicted, preds.labels)
+
+
+def test_eval_title_keeps_brackets_and_json_is_opt_in(trained, capsys):
+    store, export = trained
+    code, out, err = run_cli(capsys, "eval", str(export.parent), "--drop-modality", "audio")
+    assert code == 0, err
+    assert "[test, without audio]" in out and "{" not in out
+    code, out, err = run_cli(capsys, "eval", str(export.parent), "--json")
+    assert code == 0 and json.loads(out)["micro_f1"] >= 0
+
+
+def test_piped_tables_are_not_cut(trained, capsys):
+    store, _ = trained
+    code, out, _ = run_cli(capsys, "data", "inspect", str(store))
+    assert code == 0 and "…" not in out and "labels/sample" in out and "visual missing" in out

@@ -200,3 +200,12 @@ def warnings_as_list():
     import warnings
 
     return warnings.catch_warnings(record=True)
+
+
+def test_one_seed_shows_no_spread(tmp_path):
+    """Issue 20 item 7: one seed has no std; "± 0.0000" claimed one."""
+    fake_run(tmp_path / "exp", "carat", 1, {"micro_f1": 0.5, "accuracy": 0.4})
+    rows = report(tmp_path / "exp")
+    md = format_table(rows, "md")
+    assert "0.5000" in md and "±" not in md
+    assert "micro_f1_mean,micro_f1_std" in format_table(rows, "csv") and ",0.5,," in format_table(rows, "csv")

@@ -347,10 +347,12 @@ def _save_export_threshold(export_dir: Path, threshold: float | list[float]) -> 
 
 def predict(export_dir: str | Path, inputs: str | Path | None = None, split: str = "test",
             out: str | Path | None = None, *, media: Sequence[str | Path] | str | Path | None = None,
-            transcripts: Sequence[str | None] | str | None = None, manifest: str | Path | None = None):
+            transcripts: Sequence[str | None] | str | None = None, manifest: str | Path | None = None,
+            progress: bool = False, on_loading: Any = None):
     """Predict a store split (`inputs`), or media files (`media`, with optional `transcripts`, or
     a `manifest` CSV of them; see `Predictor.predict_media`), with an exported model; writes
-    CSV/JSONL when `out` is given.
+    CSV/JSONL when `out` is given. `progress`: a progress bar over the clips; `on_loading(what)`
+    is called before the model (and its extractors) load, so a caller can say what the wait is.
 
     Example:
         >>> api.predict("runs/carat_clips_seed1/export", media=["new.mp4"])     # doctest: +SKIP
@@ -367,9 +369,19 @@ def predict(export_dir: str | Path, inputs: str | Path | None = None, split: str
         from mmerkit.extract.media_predict import media_request
 
         media_request(media, transcripts, manifest)
+    if on_loading is not None:
+        on_loading(f"loading the model from {export_dir}" + (" and its feature extractors" if from_media else ""))
     predictor = Predictor.from_pretrained(export_dir)
     if from_media:
-        preds = predictor.predict_media(media, transcripts, manifest=manifest)
+        track = None
+        if progress:  # on stderr: stdout holds the results
+            from functools import partial
+
+            from rich.console import Console
+            from rich.progress import track as rich_track
+
+            track = partial(rich_track, console=Console(stderr=True), transient=True)
+        preds = predictor.predict_media(media, transcripts, manifest=manifest, progress=track)
     else:
         preds = predictor.predict(inputs, split=split)
     if out is not None:
@@ -618,8 +630,9 @@ def _plot_labels(run_dir: Path, data: str | Path | None, split: str):
 # ----------------------------------------------------------------------------- demo
 
 
-def demo(out: str | Path = "runs/demo", model: str | None = None) -> dict[str, float]:
-    """Train the flagship model on the embedded data with the quick demo preset; print test metrics."""
+def demo(out: str | Path = "runs/demo", model: str | None = None) -> RunResult:
+    """Train the flagship model on the embedded data with the quick demo preset: the run's
+    RunResult (`.test_metrics`, `.run_dir`: where the run went)."""
     from mmerkit.models.base import list_models
 
     name = model or ("carat" if "carat" in list_models() else "early_fusion")
@@ -628,7 +641,7 @@ def demo(out: str | Path = "runs/demo", model: str | None = None) -> dict[str, f
 
     config = preset if preset in packaged_names("presets") else None
     results = train(name, None, out=out, config=config)
-    return results[0].test_metrics
+    return results[0]
 
 
 # ----------------------------------------------------------------------------- serve

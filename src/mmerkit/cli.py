@@ -22,11 +22,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Multi-modal multi-label emotion recognition: train, evaluate and predict.")
 data_app = typer.Typer(no_args_is_help=True, help="Make, import and look at FeatureStores.")
 app.add_typer(data_app, name="data")
-console = Console()
+# piped or redirected output (no terminal) gets tables as wide as their content: rich would
+# otherwise squeeze them into 80 columns and cut cells to "spl…"
+console = Console() if sys.stdout.isatty() else Console(width=100_000)
 
 
 def _table(rows: list[dict], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=escape(title), min_width=len(title))  # a title wider than the table stays on one line
     for key in rows[0] if rows else []:
         table.add_column(key)
     for row in rows:
@@ -35,7 +37,8 @@ def _table(rows: list[dict], title: str) -> Table:
 
 
 def _metrics_table(metrics: dict, title: str) -> Table:
-    table = Table(title=title)
+    # "[test]" in a title is text, not rich markup; a title wider than the table stays on one line
+    table = Table(title=escape(title), min_width=len(title))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k in api.MAIN_METRICS:
@@ -189,7 +192,8 @@ def evaluate(run: Path = typer.Argument(..., help="run directory"),
              threshold: str | None = typer.Option(None, help="saved (default) | search | per-label | a number"),
              drop_modality: str | None = typer.Option(None, "--drop-modality", help="remove a modality"),
              save_threshold: bool = typer.Option(False, "--save-threshold",
-                                                 help="store the threshold in RUN/export for predict")) -> None:
+                                                 help="store the threshold in RUN/export for predict"),
+             as_json: bool = typer.Option(False, "--json", help="print every metric as JSON instead of the table")) -> None:
     """Evaluate a trained run on a split."""
     thr = threshold
     if threshold is not None and threshold not in ("search", "per-label", "default"):
@@ -200,6 +204,9 @@ def evaluate(run: Path = typer.Argument(..., help="run directory"),
                               "number such as 0.25") from None
     metrics = api.evaluate(run, data, split=split, threshold=thr, drop_modality=drop_modality,
                            save_threshold=save_threshold)
+    if as_json:  # every metric (per label too), machine-readable, nothing else on stdout
+        print(json.dumps(metrics, indent=2))
+        return
     without = f", without {drop_modality}" if drop_modality else ""
     console.print(_metrics_table(metrics, f"{run} [{split}{without}]"))
     if drop_modality:
@@ -207,7 +214,7 @@ def evaluate(run: Path = typer.Argument(..., help="run directory"),
                       "missing) before predicting", highlight=False, soft_wrap=True)
     if save_threshold:
         console.print(_saved_threshold_note(run), highlight=False, soft_wrap=True)
-    print(json.dumps(metrics))
+    console.print("per-label scores and every other metric: add --json", highlight=False, style="dim")
 
 
 def _saved_threshold_note(run: Path) -> str:
@@ -232,15 +239,23 @@ def predict(export: Path = typer.Argument(..., help="export directory (RUN/expor
     from_media = bool(media) or manifest is not None
     if not from_media and out is None:
         out = Path("preds.csv")
+    # what the seconds of loading are for (stdout: stderr holds only an error line on failure)
     preds = api.predict(export, inputs, split=split, out=out, media=media or None,
-                        transcripts=transcript or None, manifest=manifest)
-    if from_media:
+                        transcripts=transcript or None, manifest=manifest, progress=from_media,
+                        on_loading=lambda what: console.print(f"{what} ...", highlight=False, style="dim"))
+    if from_media and out is None:  # with --out the file holds the table; print a summary only
         console.print(_table(_media_rows(preds), "predictions"))
-        if not transcript:  # say what the recogniser heard, so a wrong transcript is visible
-            for sid, text in preds.extra.get("transcripts", {}).items():
-                console.print(f"{sid}: text read as {text!r}" if text else f"{sid}: no text", highlight=False)
+    if from_media:
+        texts = preds.extra.get("transcripts", {})
+        for sid in preds.extra.get("recognised", []):  # what the recogniser heard: a wrong transcript shows
+            console.print(f"{sid}: speech recognised as {texts[sid]!r}" if texts.get(sid) else f"{sid}: no speech "
+                          "recognised (text missing)", highlight=False)
     if out is not None:
-        console.print(f"wrote {len(preds.ids)} predictions to {out}")
+        counts = {lab: int(c) for lab, c in zip(preds.labels, preds.predicted.sum(0))}
+        console.print(f"wrote {len(preds.ids)} predictions to {out}; predicted "
+                      + ", ".join(f"{lab} {c}" for lab, c in counts.items()), highlight=False)
+    if "metrics" in preds.extra:  # the manifest had labels
+        console.print(_metrics_table(preds.extra["metrics"], "against the manifest's labels"))
 
 
 def _media_rows(preds) -> list[dict]:
@@ -407,8 +422,9 @@ def plot(kind: str = typer.Argument(..., help="tsne | heatmap | curves | labels"
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out")) -> None:
     """Train the flagship model on the embedded data and print the test metrics."""
-    metrics = api.demo(out)
-    console.print(_metrics_table(metrics, "demo: test metrics"))
+    result = api.demo(out)
+    console.print(_metrics_table(result.test_metrics, "demo: test metrics"))
+    console.print(f"run: {result.run_dir}  (mmer eval / plot / predict take this folder)", highlight=False)
 
 
 def expand_multi_value(argv: list[str], options=("--seeds", "--only")) -> list[str]:

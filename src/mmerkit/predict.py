@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,7 +81,8 @@ class Predictions:
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         else:
             with path.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"])
+                # "\n": the csv module's default "\r\n" puts a CR on every line for Unix tools
+                w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
                 w.writeheader()
                 w.writerows(rows)
         return path
@@ -341,13 +343,17 @@ class Predictor:
     # -- media (mmerkit.extract): the export's extractors on new clips
     def predict_media(self, media: str | Path | Sequence[str | Path | None] | None = None,
                       transcripts: str | Sequence[str | None] | None = None, *,
-                      manifest: str | Path | None = None, batch_size: int = 256) -> Predictions:
+                      manifest: str | Path | None = None, batch_size: int = 256,
+                      progress: Any = None) -> Predictions:
         """Predict from video/audio files (or a manifest CSV of them) with the extractors the
         training store was made with (read from the export); features made by other extractors
         are refused. `transcripts`: one per file (None: speech recognition, as configured at
         extraction). Returns Predictions with ids (file stems or manifest ids), every label's
         probability, the emotion set and each label's most relevant modality;
-        `extra["transcripts"]` holds the text each clip was read as.
+        `extra["transcripts"]` holds the text each clip was read as, `extra["recognised"]` the
+        clips whose text came from speech recognition; a manifest with labels also gives
+        `extra["metrics"]` (compute_metrics of the predicted sets against them). `progress`: a
+        `rich.progress.track`-like wrapper of the per-clip feature extraction.
 
         Example:
             >>> p = Predictor.from_pretrained("runs/carat_clips_seed1/export")   # doctest: +SKIP
@@ -358,13 +364,26 @@ class Predictor:
         req = media_request(media, transcripts, manifest)
         ids, arrays, notes = media_inputs(self.meta, req["media"], transcripts=req["transcripts"],
                                           starts=req["starts"], ends=req["ends"], ids=req["ids"],
-                                          dialogues=req["dialogues"], origin="the export")
+                                          dialogues=req["dialogues"], origin="the export", progress=progress)
         preds = self.predict(arrays, batch_size=batch_size)
         preds.ids = ids
         if preds.top_modality is None:
             preds.top_modality = self._occlusion_top_modality(arrays, preds.probs)
         preds.extra.update(notes)
+        if manifest is not None:
+            self._score_against_manifest(preds, manifest, req["ids"])
         return preds
+
+    def _score_against_manifest(self, preds: Predictions, manifest: str | Path, item_ids: list[str]) -> None:
+        """Metrics of the predictions where the manifest has labels (one sample per row; a
+        dialogue model's samples are dialogues, which have no labels of their own)."""
+        from mmerkit.extract.media_predict import manifest_labels
+        from mmerkit.metrics import compute_metrics
+
+        y = manifest_labels(manifest, self.labels)
+        if y is None or list(preds.ids) != list(item_ids):
+            return
+        preds.extra["metrics"] = compute_metrics(y, preds.predicted, self.labels)
 
     def _occlusion_top_modality(self, arrays: Mapping[str, np.ndarray], probs: np.ndarray) -> np.ndarray:
         """For models without modality-to-label scores: the modality whose removal lowers each

@@ -8,7 +8,8 @@ one dataset was run with several configurations (e.g. CARAT and its ablations), 
 `variant` naming the settings where it differs from the most common configuration (a setting
 without a majority value is named in every row).
 
-The std is the sample std (ddof=1), 0 for a single seed, as `aggregate.json` of `mmer train`.
+The std is the sample std (ddof=1), 0 for a single seed, as `aggregate.json` of `mmer train`;
+the tables show a single seed's value without "± std" (and an empty std cell in CSV).
 
 Example:
     >>> from mmerkit.report import report, format_table
@@ -197,6 +198,8 @@ def _plain(r: str | None) -> str:
 def _fmt(ms: dict[str, Any] | None, digits: int, pm: str) -> str:
     if ms is None:
         return "-"
+    if len(ms.get("values", ())) == 1:  # one seed has no spread: "± 0.0000" would claim one
+        return f"{ms['mean']:.{digits}f}"
     return f"{ms['mean']:.{digits}f}{pm}{ms['std']:.{digits}f}"
 
 
@@ -249,7 +252,8 @@ def format_table(rows: list[dict[str, Any]], fmt: str = "md", digits: int = 4,
             vals = []
             for c in cols:
                 ms = r["metrics"].get(c)
-                vals += [f"{ms['mean']:.6g}", f"{ms['std']:.6g}"] if ms else ["", ""]
+                one = ms is not None and len(ms.get("values", ())) == 1
+                vals += [f"{ms['mean']:.6g}", "" if one else f"{ms['std']:.6g}"] if ms else ["", ""]
             best = "" if r["best_epoch"] is None else f"{r['best_epoch']:.6g}"
             w.writerow([*(r[h] for h in head), *vals, best, r["seeds"]])
         return buf.getvalue()

@@ -91,12 +91,13 @@ def media_inputs(meta: Mapping[str, Any], media: Sequence[str | Path | None], *,
                  transcripts: Sequence[str | None] | None = None,
                  starts: Sequence[float | None] | None = None, ends: Sequence[float | None] | None = None,
                  ids: Sequence[str] | None = None, dialogues: Sequence[str | None] | None = None,
-                 origin: str = "the export") -> tuple[list[str], dict[str, np.ndarray], dict[str, Any]]:
+                 origin: str = "the export", progress: Any = None) -> tuple[list[str], dict[str, np.ndarray], dict[str, Any]]:
     """(sample ids, arrays {modality: (N, T, D), modality_len: (N,)}, notes) for `Predictor.predict`.
 
     One sample per clip, or, for a model trained on dialogues, one per dialogue id (clips without
     one are one-utterance dialogues). Clips longer than the longest training sample are cut to
-    that length (noted in `notes["truncated"]`).
+    that length (noted in `notes["truncated"]`). `progress`: a `rich.progress.track`-like
+    wrapper of the clip loop (the CLI's progress bar), or None.
     """
     from mmerkit.extract.featurize import featurizer
 
@@ -111,16 +112,19 @@ def media_inputs(meta: Mapping[str, Any], media: Sequence[str | Path | None], *,
     cfg = export_extract_config(meta, origin)
     fz = featurizer(cfg)
     check_same_extractors(meta["extractors"], fz.describe(), origin, "this machine's extractors")
-    feats, used_text = [], []
-    for k in range(n):
+    feats, used_text, recognised = [], [], []
+    for k in (progress or (lambda it, **_: it))(range(n), description="extracting features"):
         # a clip without an audio track is predicted with audio missing, as one without a face
         res = fz.featurize(media[k], transcript=transcripts[k], start=starts[k], end=ends[k], clip_id=ids[k],
                            audio_optional=True)
         feats.append(res.features)
         used_text.append(res.transcript)
+        if res.used_asr:
+            recognised.append(ids[k])
     spec_max = {m: int(v) for m, v in meta.get("spec", {}).get("max_len", {}).items()}
     dims = fz.dims
-    notes: dict[str, Any] = {"transcripts": dict(zip(ids, used_text)), "truncated": []}
+    # "recognised": the clips whose text came from speech recognition (not given, not from the manifest)
+    notes: dict[str, Any] = {"transcripts": dict(zip(ids, used_text)), "recognised": recognised, "truncated": []}
     if meta["extract"].get("level") == "dialogue":
         return (*_dialogue_arrays(ids, feats, dims, dialogues, spec_max, notes), notes)
     return ids, _utterance_arrays(ids, feats, dims, spec_max, notes), notes
@@ -204,3 +208,19 @@ def _check_media_exist(files: Sequence[str | Path | None], where: str, hint: str
         what = "is a folder, not a media file" if bad[0].is_dir() else "does not exist"
         more = f" ({len(bad) - 1} more missing)" if len(bad) > 1 else ""
         raise DataError(f"{where}media file {bad[0]} {what}{more}; check the path{hint}")
+
+
+def manifest_labels(manifest: str | Path, label_names: Sequence[str]) -> np.ndarray | None:
+    """(N, L) labels of a prediction manifest in the model's label order, when it has a label
+    column (`labels`, or one 0/1 column per label); None when it has none."""
+    import csv
+
+    from mmerkit.extract.manifest import read_media_manifest
+
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        header = {c.strip() for c in next(csv.reader(f), [])}
+    if "labels" not in header and not header & set(label_names):
+        return None
+    man = read_media_manifest(manifest, label_names=list(label_names), empty_labels="allow",
+                              media_required=False)
+    return man.labels

@@ -311,7 +311,10 @@ def _extract_all(todo: list[MediaItem], cfg: ExtractConfig, items_dir: Path, fp:
     jobs = [(it, words_for(timings, it.id, it.start)) for it in todo]
     by_id = {it.id: it for it in todo}
     failed = 0
-    with _progress(progress, len(todo)) as advance:
+    # until the first item is back the bar says what the wait is: each process loads the extractors
+    starting = (f"starting {workers} worker processes (each loads the extractors)" if workers > 1 and len(todo) > 1
+                else "loading the extractors")
+    with _progress(progress, len(todo), starting) as advance:
         for item_id, status, reason in _results(jobs, cfg, items_dir, fp, workers):
             advance()
             if status == "ok":
@@ -357,8 +360,8 @@ def _results(jobs, cfg: ExtractConfig, items_dir: Path, fp: str, workers: int) -
 class _progress:
     """A rich progress bar on stderr (or nothing); the context value advances it by one."""
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
+    def __init__(self, enabled: bool, total: int, starting: str = "extracting"):
+        self.enabled, self.total, self.starting = enabled, total, starting
 
     def __enter__(self) -> Callable[[], None]:
         if not self.enabled:
@@ -373,11 +376,14 @@ class _progress:
             TimeRemainingColumn,
         )
 
-        self.bar = Progress(TextColumn("extracting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TimeRemainingColumn(), console=Console(stderr=True))
         self.bar.start()
-        task = self.bar.add_task("items", total=self.total)
-        return lambda: self.bar.advance(task)
+        task = self.bar.add_task(self.starting, total=self.total)
+
+        def advance() -> None:
+            self.bar.update(task, advance=1, description="extracting")
+        return advance
 
     def __exit__(self, *exc) -> None:
         if self.enabled:
