@@ -77,6 +77,8 @@ ENTRIES: dict[str, tuple[str, str | None, list[str]]] = {
     "mult-default": ("mult", None, []),
     "tailor-authors": ("tailor", "tailor-authors", []),
     "amp-authors": ("amp", "amp-authors", []),
+    "univa-default": ("univa", None, []),
+    "univa-authors": ("univa", "univa-authors", []),
     "carat-noise05": ("carat", "carat-small", ["data.synthetic.label_noise=0.05"]),
     "carat-no-cl-noise05": ("carat", "carat-small", ["data.synthetic.label_noise=0.05", "model.cl_weight=0"]),
 }
