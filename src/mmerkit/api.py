@@ -389,6 +389,60 @@ def predict(export_dir: str | Path, inputs: str | Path | None = None, split: str
     return preds
 
 
+def predict_timeline(export_dir: str | Path, media: str | Path, *, window: float = 4.0, hop: float | None = None,
+                     out: str | Path | None = None, plot: str | Path | None = None, progress: bool = False,
+                     on_loading: Any = None):
+    """Emotions over time in one recording (`mmer predict EXPORT --media long.mp4 --window 4 --hop 2`):
+    a `Timeline` with one row per window (`Predictor.predict_timeline`); `out` writes it as
+    CSV/JSONL, `plot` draws it (labels by time, probability as colour, the predicted set
+    marked; `viz.plot_timeline`). `hop` defaults to half the window.
+
+    Example:
+        >>> tl = api.predict_timeline("runs/carat_clips_seed1/export", "talk.mp4", window=4, hop=2,
+        ...                           out="timeline.csv", plot="timeline.png")           # doctest: +SKIP
+    """
+    from mmerkit.extract.media_predict import _check_media_exist
+    from mmerkit.extract.timeline import check_window
+    from mmerkit.predict import Predictor, check_output_suffix
+
+    hop = window / 2 if hop is None else hop
+    check_window(window, hop)
+    _check_media_exist([media], "", "")
+    if out is not None:
+        check_output_suffix(out)
+        check_writable_dir(Path(out).parent, "--out")
+    if plot is not None:
+        if Path(plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise ConfigError(f"--plot {plot}: give a .png, .pdf or .svg file name")
+        check_writable_dir(Path(plot).parent, "--plot")
+    if on_loading is not None:
+        on_loading(f"loading the model from {export_dir} and its feature extractors")
+    predictor = Predictor.from_pretrained(export_dir)
+    if progress:  # on stderr: stdout holds the results
+        from mmerkit.extract.decode import probe
+
+        timeline = _timeline_with_progress(predictor, media, window, hop, probe(media)["duration"])
+    else:
+        timeline = predictor.predict_timeline(media, window=window, hop=hop)
+    if out is not None:
+        timeline.save(out)
+    if plot is not None:
+        from mmerkit.viz import plot_timeline
+
+        plot_timeline(timeline, plot, title=Path(media).name)
+    return timeline
+
+
+def _timeline_with_progress(predictor, media, window: float, hop: float, duration: float | None):
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("media seconds", total=duration)
+        return predictor.predict_timeline(media, window=window, hop=hop,
+                                          progress=lambda t: bar.update(task, completed=t))
+
+
 # ----------------------------------------------------------------------------- media
 
 

@@ -234,8 +234,15 @@ def predict(export: Path = typer.Argument(..., help="export directory (RUN/expor
             transcript: list[str] | None = typer.Option(
                 None, "--transcript", help="what is said in each --media file, in order (else ASR)"),
             manifest: Path | None = typer.Option(None, "--manifest", help="CSV of media (id, media, ...)"),
-            out: Path | None = typer.Option(None, "--out", help=".csv or .jsonl (store input: preds.csv)")) -> None:
-    """Predict label sets with an exported model, from a store split or from media files."""
+            out: Path | None = typer.Option(None, "--out", help=".csv or .jsonl (store input: preds.csv)"),
+            window: float | None = typer.Option(None, "--window", help="timeline of ONE --media: window seconds"),
+            hop: float | None = typer.Option(None, "--hop", help="timeline: seconds between windows (window/2)"),
+            plot: Path | None = typer.Option(None, "--plot", help="timeline: draw it (.png/.pdf/.svg)")) -> None:
+    """Predict label sets with an exported model, from a store split or from media files;
+    with --window, emotions over time in one long recording (a row per window)."""
+    if window is not None or hop is not None or plot is not None:
+        _predict_timeline(export, media, window, hop, out, plot, bool(inputs or manifest or transcript))
+        return
     from_media = bool(media) or manifest is not None
     if not from_media and out is None:
         out = Path("preds.csv")
@@ -256,6 +263,39 @@ def predict(export: Path = typer.Argument(..., help="export directory (RUN/expor
                       + ", ".join(f"{lab} {c}" for lab, c in counts.items()), highlight=False)
     if "metrics" in preds.extra:  # the manifest had labels
         console.print(_metrics_table(preds.extra["metrics"], "against the manifest's labels"))
+
+
+def _predict_timeline(export: Path, media: list[Path] | None, window: float | None, hop: float | None,
+                      out: Path | None, plot: Path | None, other_sources: bool) -> None:
+    if window is None:
+        raise api.ConfigError("--hop and --plot belong to a timeline: give --window SECONDS too")
+    if other_sources or not media or len(media) != 1:
+        raise api.ConfigError("a timeline (--window) reads exactly one --media file, without --inputs, "
+                              "--manifest or --transcript (its words come from speech recognition)")
+    tl = api.predict_timeline(export, media[0], window=window, hop=hop, out=out, plot=plot, progress=True,
+                              on_loading=lambda what: console.print(f"{what} ...", highlight=False, style="dim"))
+    if out is None and plot is None:
+        console.print(_table(_timeline_rows(tl), f"{media[0].name}: emotions over time"))
+    counts = ", ".join(f"{lab} {int(c)}" for lab, c in zip(tl.labels, tl.predicted.sum(0)))
+    missing = {m: sum(m in ms for ms in tl.missing) for m in sorted({m for ms in tl.missing for m in ms})}
+    console.print(f"{len(tl.starts)} windows; predicted in: {counts}"
+                  + ("; windows without " + ", ".join(f"{m} {c}" for m, c in missing.items()) if missing else ""),
+                  highlight=False)
+    for what, path in (("timeline", out), ("plot", plot)):
+        if path is not None:
+            console.print(f"wrote the {what} to {path}", highlight=False)
+
+
+def _timeline_rows(tl) -> list[dict]:
+    return [{"start": _clock(r["start"]), "end": _clock(r["end"]), "emotions": ", ".join(r["labels"]) or
+             ("(no input)" if r["modality"] is None else "(none)"),
+             "most relevant modality": r["modality"] or "-", "missing": ", ".join(r["missing"]) or "-",
+             "said": r["transcript"]} for r in tl.rows(joined=False)]
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(seconds, 60)
+    return f"{int(m)}:{s:04.1f}"
 
 
 def _media_rows(preds) -> list[dict]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,72 @@ class Predictions:
                 w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\n")
                 w.writeheader()
                 w.writerows(rows)
+        return path
+
+
+@dataclass
+class Timeline:
+    """Emotions over time (`Predictor.predict_timeline`): one row per window.
+
+    starts / ends: (N,) seconds; probs: (N, L), NaN for a window with no modality at all;
+    predicted: (N, L) uint8; modality: each window's most relevant modality (for its most
+    probable predicted label, else its most probable label), None without a prediction;
+    missing: the modalities each window lacks (no face, no words, no audio track);
+    transcript: the words recognised in each window.
+    """
+
+    labels: list[str]
+    starts: np.ndarray
+    ends: np.ndarray
+    probs: np.ndarray
+    predicted: np.ndarray
+    modality: list[str | None]
+    missing: list[list[str]]
+    transcript: list[str]
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], labels: list[str]) -> Timeline:
+        probs = np.array([[np.nan if r[lab] is None else r[lab] for lab in labels] for r in rows],
+                         np.float64).reshape(len(rows), len(labels))
+        predicted = np.array([[lab in r["labels"] for lab in labels] for r in rows], np.uint8).reshape(probs.shape)
+        return cls(list(labels), np.array([r["start"] for r in rows], np.float64),
+                   np.array([r["end"] for r in rows], np.float64), probs, predicted,
+                   [r["modality"] for r in rows], [list(r["missing"]) for r in rows], [r["transcript"] for r in rows])
+
+    def rows(self, joined: bool = True) -> list[dict]:
+        """One dict per window: start, end, a probability column per label (empty / None where
+        the window has nothing to predict from), labels (the predicted set), modality, missing,
+        transcript; lists are `;`-joined strings with `joined` (CSV)."""
+        out = []
+        for i in range(len(self.starts)):
+            labels = [lab for j, lab in enumerate(self.labels) if self.predicted[i, j]]
+            probs = {Timeline._column(lab): (None if np.isnan(p) else round(float(p), 4))
+                     for lab, p in zip(self.labels, self.probs[i])}
+            out.append({"start": float(self.starts[i]), "end": float(self.ends[i]), **probs,
+                        "labels": ";".join(labels) if joined else labels, "modality": self.modality[i],
+                        "missing": ";".join(self.missing[i]) if joined else self.missing[i],
+                        "transcript": self.transcript[i]})
+        return out
+
+    @staticmethod
+    def _column(label: str) -> str:
+        fixed = ("start", "end", "labels", "modality", "missing", "transcript")
+        return f"p_{label}" if label in fixed else label
+
+    def save(self, path: str | Path) -> Path:
+        """CSV (one row per window) or JSONL (lists kept as lists)."""
+        path = check_output_suffix(path)
+        jsonl = path.suffix.lower() == ".jsonl"
+        rows = self.rows(joined=not jsonl)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if jsonl:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            return path
+        fields = ["start", "end", *map(self._column, self.labels), "labels", "modality", "missing", "transcript"]
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
         return path
 
 
@@ -373,6 +439,72 @@ class Predictor:
         if manifest is not None:
             self._score_against_manifest(preds, manifest, req["ids"])
         return preds
+
+    def predict_timeline(self, path: str | Path, *, window: float = 4.0, hop: float = 2.0,
+                         progress: Any = None) -> Timeline:
+        """Emotions over time in one long recording: one row per window [k * hop, k * hop + window)
+        seconds (the last one ends with the file) with every label's probability, the predicted
+        set, the most relevant modality and the modalities the window lacks (no face, no words).
+        The file is decoded once and each extractor runs once over it (mmerkit.extract.timeline);
+        memory does not grow with its length. `progress(seconds)` is called with the media time
+        reached after each batch of windows.
+
+        Example:
+            >>> tl = Predictor.from_pretrained("runs/carat_clips_seed1/export").predict_timeline(
+            ...     "interview.mp4", window=4, hop=2)                                  # doctest: +SKIP
+            >>> tl.save("timeline.csv"); tl.starts[:3]                                # doctest: +SKIP
+            array([0., 2., 4.])
+        """
+        rows = []
+        for batch in self.iter_timeline(path, window=window, hop=hop):
+            rows.extend(batch)
+            if progress is not None and batch:
+                progress(batch[-1]["end"])
+        return Timeline.from_rows(rows, self.labels)
+
+    def iter_timeline(self, path: str | Path, *, window: float = 4.0, hop: float = 2.0,
+                      batch_windows: int = 8) -> Iterator[list[dict]]:
+        """`predict_timeline` as it goes: lists of row dicts (see `Timeline.rows(joined=False)`),
+        in time order, each list as soon as its windows are predicted (the server streams them)."""
+        from mmerkit.extract.featurize import featurizer
+        from mmerkit.extract.media_predict import _check_media_exist
+        from mmerkit.extract.timeline import check_window, timeline_windows
+
+        check_window(window, hop)
+        _check_media_exist([path], "", "")
+        fz = featurizer(self.meta)
+        pending = []
+        for w in timeline_windows(fz, path, window=window, hop=hop):
+            pending.append(w)
+            if len(pending) >= batch_windows:
+                yield self._window_rows(pending, fz.dims)
+                pending = []
+        if pending:
+            yield self._window_rows(pending, fz.dims)
+
+    def _window_rows(self, windows: list, dims: Mapping[str, int]) -> list[dict]:
+        """Rows of a batch of timeline windows; windows with no modality at all get no prediction."""
+        from mmerkit.extract.media_predict import samples_arrays
+
+        rows = [{"start": round(w.start, 3), "end": round(w.end, 3), **{lab: None for lab in self.labels},
+                 "labels": [], "modality": None, "missing": w.missing, "transcript": w.transcript}
+                for w in windows]
+        some = [i for i, w in enumerate(windows) if len(w.missing) < len(w.features)]
+        if not some:
+            return rows
+        ids = [f"{windows[i].start:g}" for i in some]
+        notes: dict[str, Any] = {"truncated": []}
+        _, arrays = samples_arrays(self.meta, ids, [windows[i].features for i in some], dims, None, notes)
+        preds = self.predict(arrays)
+        top = preds.top_modality if preds.top_modality is not None else self._occlusion_top_modality(arrays, preds.probs)
+        for k, i in enumerate(some):
+            probs = preds.probs[k]
+            chosen = np.flatnonzero(preds.predicted[k])
+            lead = chosen[np.argmax(probs[chosen])] if chosen.size else int(np.argmax(probs))
+            rows[i].update({lab: round(float(probs[j]), 4) for j, lab in enumerate(self.labels)})
+            rows[i]["labels"] = [self.labels[j] for j in chosen]
+            rows[i]["modality"] = preds.modalities[int(top[k, lead])]
+        return rows
 
     def _score_against_manifest(self, preds: Predictions, manifest: str | Path, item_ids: list[str]) -> None:
         """Metrics of the predictions where the manifest has labels (one sample per row; a

@@ -37,8 +37,8 @@ from mmerkit.models.base import MMERModel
 from mmerkit.predict import forward_batches, split_batches
 
 __all__ = ["curves_figure", "forward_split", "heatmap_figure", "labels_figure", "modality_label_stats",
-           "plot_curves", "plot_heatmap", "plot_labels", "plot_tsne", "save_figure", "tsne_embed",
-           "tsne_figure"]
+           "plot_curves", "plot_heatmap", "plot_labels", "plot_timeline", "plot_tsne", "save_figure", "tsne_embed",
+           "timeline_figure", "tsne_figure"]
 
 PLOT_KINDS = ("tsne", "heatmap", "curves", "labels")
 _POLARITY_COLORS = {"positive": "tab:red", "negative": "tab:blue"}
@@ -362,3 +362,58 @@ def plot_labels(metrics: dict[str, float], store: FeatureStore, split: str = "te
     freq = np.asarray(store.split(split).labels, dtype=float).mean(0)
     return labels_figure([metrics[f"f1/{n}"] for n in names], freq, names,
                          title or f"per-label F1 and frequency ({split})")
+
+
+# ----------------------------------------------------------------------------- timeline
+
+
+def _clock(seconds: float, _pos: Any = None) -> str:
+    """m:ss, or h:mm:ss from an hour on (axis labels of a timeline)."""
+    s = int(round(seconds))
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
+def _predicted_runs(on: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last + 1) indices of every run of consecutive True in a 1-D mask."""
+    edges = np.diff(np.concatenate([[0], on.astype(np.int8), [0]]))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+
+
+def timeline_figure(timeline: Any, title: str = "") -> Figure:
+    """Labels by time: each window's probability as colour (grey: nothing to predict from), a
+    white bar over the windows where the label is in the predicted set. One column per hop, so
+    an hour at hop 2 s is 1,800 columns: drawn as one image, its clock axis in m:ss / h:mm:ss."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import FuncFormatter
+
+    labels = list(timeline.labels)
+    starts, ends = np.asarray(timeline.starts, float), np.asarray(timeline.ends, float)
+    if not len(starts):
+        raise DataError("the timeline has no windows to plot")
+    # one column per hop: the window's centre decides where it is drawn
+    step = float(np.median(np.diff(starts))) if len(starts) > 1 else float(ends[0] - starts[0])
+    fig = new_figure(min(16.0, 6.0 + len(starts) * 0.04), 1.0 + 0.45 * len(labels))
+    ax = fig.add_subplot(1, 1, 1)
+    cmap = colormaps["viridis"].with_extremes(bad="#bbbbbb")
+    image = ax.imshow(np.ma.masked_invalid(np.asarray(timeline.probs, float).T), aspect="auto", cmap=cmap,
+                      vmin=0.0, vmax=1.0, interpolation="nearest", origin="upper",
+                      extent=(starts[0], starts[0] + step * len(starts), len(labels) - 0.5, -0.5))
+    for j in range(len(labels)):
+        first, stop = _predicted_runs(np.asarray(timeline.predicted)[:, j] > 0)
+        if first.size:
+            ax.hlines(np.full(first.size, j - 0.3), starts[0] + first * step, starts[0] + stop * step,
+                      colors="white", linewidth=2.5)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.xaxis.set_major_formatter(FuncFormatter(_clock))
+    ax.xaxis.set_major_locator(MaxNLocator(12, steps=[1, 2, 3, 5, 6, 10]))
+    ax.set_xlabel("time (window start; white bar: in the predicted set, grey: no modality)")
+    if title:
+        ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="probability", fraction=0.03, pad=0.01)
+    return fig
+
+
+def plot_timeline(timeline: Any, out: str | Path, title: str = "") -> Path:
+    """`timeline_figure` of a `Timeline` (Predictor.predict_timeline) saved to `out`."""
+    return save_figure(timeline_figure(timeline, title), out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -53,6 +54,73 @@ def write_clip(path: str | Path, seconds: float = 2.0, *, video: bool = True, au
         if aus is not None:
             _write_tone(out, aus, seconds, freq, loud, sample_rate)
     return path
+
+
+def write_recording(path: str | Path, seconds: float, *, picture: Callable[[float], np.ndarray] | None,
+                    wave: np.ndarray | None, fps: int = 10, sample_rate: int = 16000) -> Path:
+    """Write a long mp4 with its audio and video interleaved as a camera writes them:
+    `picture(t)` is the RGB frame shown at t seconds (None: no video), `wave` mono int16 samples
+    (None: no audio track; shorter than `seconds`: silence after it)."""
+    av = require("av")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        first = picture(0.0) if picture is not None else None
+        vs = _video_stream(out, fps, 0, first) if first is not None else None
+        aus = _audio_stream(out, sample_rate, path.suffix) if wave is not None else None
+        if aus is not None:
+            total = int(seconds * sample_rate)
+            wave = np.pad(np.asarray(wave, np.int16)[:total], (0, max(0, total - len(wave))))
+        written = 0
+        for k in range(int(round(seconds * fps))):
+            if vs is not None:
+                image = _picture(picture(k / fps), None, vs.width, vs.height)
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = k
+                for packet in vs.encode(frame):
+                    out.mux(packet)
+            if aus is not None:
+                upto = min(len(wave), int((k + 1) / fps * sample_rate))
+                written = _mux_samples(out, aus, wave, written, upto, sample_rate)
+        if vs is not None:
+            for packet in vs.encode():
+                out.mux(packet)
+        if aus is not None:
+            _mux_samples(out, aus, wave, written, len(wave), sample_rate)
+            for packet in aus.encode():
+                out.mux(packet)
+    return path
+
+
+def _mux_samples(out, stream, wave: np.ndarray, start: int, stop: int, sample_rate: int) -> int:
+    av = require("av")
+    for k in range(start, stop, 1024):
+        frame = av.AudioFrame.from_ndarray(wave[None, k:min(k + 1024, stop)], format="s16", layout="mono")
+        frame.sample_rate = sample_rate
+        frame.pts = k
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    return stop
+
+
+def spoken(text: str, sample_rate: int = 16000) -> np.ndarray | None:
+    """`text` read by espeak-ng as mono int16 at `sample_rate` (None when espeak-ng is missing)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("espeak-ng") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "speech.wav"
+        subprocess.run(["espeak-ng", "-w", str(wav), text], check=True, capture_output=True)
+        av = require("av")
+        with av.open(str(wav)) as container:
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
+            chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(audio=0)
+                      for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(chunks).astype(np.int16)
 
 
 def _video_stream(out, fps: int, size: int, image):

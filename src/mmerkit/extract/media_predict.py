@@ -121,13 +121,21 @@ def media_inputs(meta: Mapping[str, Any], media: Sequence[str | Path | None], *,
         used_text.append(res.transcript)
         if res.used_asr:
             recognised.append(ids[k])
-    spec_max = {m: int(v) for m, v in meta.get("spec", {}).get("max_len", {}).items()}
-    dims = fz.dims
     # "recognised": the clips whose text came from speech recognition (not given, not from the manifest)
     notes: dict[str, Any] = {"transcripts": dict(zip(ids, used_text)), "recognised": recognised, "truncated": []}
+    return (*samples_arrays(meta, ids, feats, fz.dims, dialogues, notes), notes)
+
+
+def samples_arrays(meta: Mapping[str, Any], ids: list[str], feats: list[dict[str, np.ndarray]],
+                   dims: Mapping[str, int], dialogues: Sequence[str | None] | None,
+                   notes: dict[str, Any]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """(sample ids, arrays) of per-item features: one sample per item, or per dialogue for a
+    dialogue-level export (items without a dialogue id are one-utterance dialogues); sequences
+    longer than the training maximum are cut (noted in notes["truncated"])."""
+    spec_max = {m: int(v) for m, v in meta.get("spec", {}).get("max_len", {}).items()}
     if meta["extract"].get("level") == "dialogue":
-        return (*_dialogue_arrays(ids, feats, dims, dialogues, spec_max, notes), notes)
-    return ids, _utterance_arrays(ids, feats, dims, spec_max, notes), notes
+        return _dialogue_arrays(ids, feats, dims, dialogues, spec_max, notes)
+    return ids, _utterance_arrays(ids, feats, dims, spec_max, notes)
 
 
 def _cut(x: np.ndarray, limit: int | None, sid: str, m: str, notes) -> np.ndarray:

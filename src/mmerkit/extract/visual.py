@@ -27,6 +27,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import numpy as np
 
 from mmerkit.errors import ConfigError
@@ -127,19 +130,31 @@ class MediaPipeFace(Extractor):
         """(F, dim) at clip.fps with a per-frame face mask; T = 0 when no frame shows a face."""
         if clip.frames is None or len(clip.frames) == 0:
             return Features.empty(self.dim)
+        with filtered_native_stderr(MEDIAPIPE_CHATTER), self._landmarker() as landmarker:
+            return self._track(landmarker, clip, 0.0)
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[Callable[[Clip], Features]]:
+        """One landmarker in VIDEO mode for consecutive pieces of ONE recording (a timeline):
+        yields `extract`-like calls whose face tracking carries over from piece to piece (each
+        piece's frames are stamped at `clip.start` + k / fps)."""
+        with filtered_native_stderr(MEDIAPIPE_CHATTER), self._landmarker() as landmarker:
+            yield lambda clip: (Features.empty(self.dim) if clip.frames is None or not len(clip.frames)
+                                else self._track(landmarker, clip, clip.start))
+
+    def _track(self, landmarker, clip: Clip, t0: float) -> Features:
         if abs(clip.fps - self.rate) > 1e-6:
             raise ConfigError(f"clip {clip.id!r} was decoded at {clip.fps} fps but the mediapipe "
                               f"extractor is set to {self.rate} fps; decode with fps={self.rate}")
         values = np.zeros((len(clip.frames), self.dim), np.float32)
         mask = np.zeros(len(clip.frames), bool)
-        with filtered_native_stderr(MEDIAPIPE_CHATTER), self._landmarker() as landmarker:
-            for i, frame in enumerate(clip.frames):
-                image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
-                                       data=np.ascontiguousarray(self._shrink(frame)))
-                result = landmarker.detect_for_video(image, int(round(i * 1000.0 / clip.fps)))
-                if result.face_blendshapes:
-                    mask[i] = True
-                    values[i] = self._row(result)
+        for i, frame in enumerate(clip.frames):
+            image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB,
+                                   data=np.ascontiguousarray(self._shrink(frame)))
+            result = landmarker.detect_for_video(image, int(round((t0 + i / clip.fps) * 1000.0)))
+            if result.face_blendshapes:
+                mask[i] = True
+                values[i] = self._row(result)
         if not mask.any():
             return Features.empty(self.dim)
         return Features(values, frame_times(len(values), clip.fps), mask)
