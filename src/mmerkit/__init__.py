@@ -21,9 +21,17 @@ Example:
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# OpenMP threads (torch's intra-op pool, BLAS) spin while they wait for each other unless told
+# otherwise; on cores other processes also use, the spinning takes the time the working threads
+# need. One epoch of the demo at a load of 12 on 2 cores: 294 s spinning, 76 s with PASSIVE
+# (benchmarks/threads.md). It must be set before torch loads its OpenMP runtime, and this module
+# is imported first by `mmer`, `python -m mmerkit` and every worker process; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "api": ("mmerkit.api", None),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -682,6 +683,22 @@ def _plot_labels(run_dir: Path, data: str | Path | None, split: str):
 
 
 # ----------------------------------------------------------------------------- demo
+
+
+DEMO_IDLE_MINUTES = (2, 3)  # the demo preset on 2 idle CPU cores (README: "make demo")
+
+
+def demo_time_estimate(load: float | None = None, cores: int | None = None) -> str:
+    """What the demo will take here: its idle time scaled by the machine's share for one more
+    process (CPU load average over the usable cores), so a busy machine gets an honest number."""
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    factor = max(1.0, (load + 1.0) / max(cores, 1)) * 2 / min(max(cores, 1), 2)
+    lo, hi = (round(m * factor) for m in DEMO_IDLE_MINUTES)
+    busy = f"; this machine has a load of {load:.1f} on {cores} CPU core(s)" if factor > 1.05 else ""
+    return f"the demo takes about {lo}-{hi} minutes here ({DEMO_IDLE_MINUTES[0]}-{DEMO_IDLE_MINUTES[1]} on 2 idle cores{busy})"
 
 
 def demo(out: str | Path = "runs/demo", model: str | None = None) -> RunResult:

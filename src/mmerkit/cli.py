@@ -462,6 +462,7 @@ def plot(kind: str = typer.Argument(..., help="tsne | heatmap | curves | labels"
 @app.command()
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out")) -> None:
     """Train the flagship model on the embedded data and print the test metrics."""
+    console.print(api.demo_time_estimate(), highlight=False)
     result = api.demo(out)
     console.print(_metrics_table(result.test_metrics, "demo: test metrics"))
     console.print(f"run: {result.run_dir}  (mmer eval / plot / predict take this folder)", highlight=False)
