@@ -442,3 +442,28 @@ def test_piped_tables_are_not_cut(trained, capsys):
     store, _ = trained
     code, out, _ = run_cli(capsys, "data", "inspect", str(store))
     assert code == 0 and "…" not in out and "labels/sample" in out and "visual missing" in out
+
+
+def test_a_clip_the_model_cannot_read_is_named_not_answered(media_dir, tmp_path, capsys, plugin_path):
+    """Issue 20 item 1: a text-only model and a clip without transcript (speech recognition off):
+    that clip is left out and named with the reason, the others are answered."""
+    rows = list(csv.DictReader(open(media_dir / "manifest.csv")))
+    for r in rows:
+        r["media"] = str(media_dir / r["media"])
+    with open(tmp_path / "m.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    store = api.extract(tmp_path / "m.csv", tmp_path / "store", text="fake_text", audio="none", visual="none",
+                        plugins=["fake_extractors"], asr="off").store
+    [run] = api.train("late_fusion", store.path, out=tmp_path / "runs", epochs=1,
+                      overrides=[*TINY, "train.progress=false", "train.batch_size=4"])
+    p = Predictor.from_pretrained(run.run_dir)
+    preds = p.predict_media([media_dir / "c0.mp4", media_dir / "c1.mp4"], ["clip 0 speaks", None])
+    assert preds.ids == ["c0"] and preds.probs.shape[0] == 1
+    assert "no transcript and no speech recognised" in preds.extra["not_predicted"]["c1"]
+    code, out, err = run_cli(capsys, "predict", str(run.run_dir), "--media", str(media_dir / "c0.mp4"),
+                             "--media", str(media_dir / "c1.mp4"), "--transcript", "clip 0 speaks", "--transcript", "")
+    assert code == 0 and "warning: c1 not predicted: the model reads text" in err, err
+    with pytest.raises(DataError, match="nothing to predict: c1: the model reads text"):
+        p.predict_media([media_dir / "c1.mp4"])

@@ -250,6 +250,9 @@ def predict(export: Path = typer.Argument(..., help="export directory (RUN/expor
     preds = api.predict(export, inputs, split=split, out=out, media=media or None,
                         transcripts=transcript or None, manifest=manifest, progress=from_media,
                         on_loading=lambda what: console.print(f"{what} ...", highlight=False, style="dim"))
+    for sid, why in preds.extra.get("not_predicted", {}).items():  # said per clip, instead of an answer
+        Console(stderr=True, soft_wrap=True).print(f"[bold yellow]warning:[/] {escape(sid)} not predicted: "
+                                                   f"{escape(why)}")
     if from_media and out is None:  # with --out the file holds the table; print a summary only
         console.print(_table(_media_rows(preds), "predictions"))
     if from_media:

@@ -431,8 +431,10 @@ class Predictor:
         ids, arrays, notes = media_inputs(self.meta, req["media"], transcripts=req["transcripts"],
                                           starts=req["starts"], ends=req["ends"], ids=req["ids"],
                                           dialogues=req["dialogues"], origin="the export", progress=progress)
+        ids, arrays, not_predicted = self._without_empty_samples(ids, arrays)
         preds = self.predict(arrays, batch_size=batch_size)
         preds.ids = ids
+        preds.extra["not_predicted"] = not_predicted
         if preds.top_modality is None:
             preds.top_modality = self._occlusion_top_modality(arrays, preds.probs)
         preds.extra.update(notes)
@@ -513,9 +515,32 @@ class Predictor:
         from mmerkit.metrics import compute_metrics
 
         y = manifest_labels(manifest, self.labels)
-        if y is None or list(preds.ids) != list(item_ids):
+        row = {sid: k for k, sid in enumerate(item_ids)}
+        if y is None or not all(sid in row for sid in preds.ids):
             return
-        preds.extra["metrics"] = compute_metrics(y, preds.predicted, self.labels)
+        preds.extra["metrics"] = compute_metrics(y[[row[sid] for sid in preds.ids]], preds.predicted, self.labels)
+
+    def _without_empty_samples(self, ids: list[str], arrays: dict[str, np.ndarray]
+                               ) -> tuple[list[str], dict[str, np.ndarray], dict[str, str]]:
+        """Clips in which none of the model's modalities is present (a text-only model and a clip
+        without transcript or recognised speech; a silent, faceless video) cannot be answered:
+        they are left out and named with the reason ({id: reason}) instead of getting an answer."""
+        mods = list(self.spec.modalities)
+        present = np.stack([np.asarray(arrays[f"{m}_len"]) > 0 for m in mods], 1)
+        empty = np.flatnonzero(~present.any(1))
+        why = {"text": "no transcript and no speech recognised", "audio": "no audio track",
+               "visual": "no face found"}
+        reasons = {ids[i]: f"the model reads {', '.join(mods)} and this clip has none of them ("
+                   + "; ".join(why.get(m, f"no {m}") for m in mods) + ")" for i in empty}
+        if len(empty) == len(ids):
+            first = next(iter(reasons))
+            raise DataError(f"nothing to predict: {first}: {reasons[first]}"
+                            + (f" ({len(empty) - 1} more such clips)" if len(empty) > 1 else ""))
+        if not len(empty):
+            return ids, arrays, {}
+        keep = np.flatnonzero(present.any(1))
+        kept = {k: np.asarray(v)[keep] for k, v in arrays.items()}
+        return [ids[i] for i in keep], kept, reasons
 
     def _occlusion_top_modality(self, arrays: Mapping[str, np.ndarray], probs: np.ndarray) -> np.ndarray:
         """For models without modality-to-label scores: the modality whose removal lowers each
