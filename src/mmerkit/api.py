@@ -40,13 +40,14 @@ from mmerkit.registry import did_you_mean
 if TYPE_CHECKING:
     from mmerkit.models.base import MMERModel
     from mmerkit.run import RunResult
+    from mmerkit.tune import TuneResult
 
 __all__ = ["MAIN_METRICS", "CheckpointError", "CommandInterrupted", "ConfigError", "DataError", "LoadedRun",
            "MMERError", "TrainingInterrupted", "extract_summary", "format_plan", "ablate",
            "build_config", "data_convert", "data_inspect", "data_synth", "datasets_table",
            "default_plot_path", "demo", "embedded_store", "evaluate", "extract", "format_ablation",
            "format_table", "is_main_process", "load_run", "model_ablations", "models_table", "plot",
-           "predict", "report", "resolve_store", "serve", "train"]
+           "predict", "report", "resolve_store", "serve", "train", "tune", "tune_show"]
 
 
 def format_table(rows: list[dict[str, Any]], fmt: str = "md", digits: int = 4,
@@ -259,6 +260,119 @@ def _distinct_seeds(seeds: Sequence[int] | None) -> list[int] | None:
         raise ConfigError(f"seeds={seeds} (CLI: --seeds) repeats seed {', '.join(map(str, repeated))}: each seed "
                           "is one run; pass distinct seeds, e.g. --seeds 1 2 3")
     return seeds
+
+
+# ----------------------------------------------------------------------------- tuning
+
+
+def tune(model: str | None = None, data: str | Path | FeatureStore | None = None, *, trials: int = 20,
+         config: ConfigLike = None, space: str | Path | dict | None = None, epochs: int | None = None,
+         metric: str = "micro_f1", out: str | Path = "study", storage: str | None = None,
+         study_name: str | None = None, workers: int = 1, pruner: str = "median",
+         timeout: float | None = None, seed: int = 0, final_seeds: Sequence[int] = (),
+         overrides: Sequence[str] = (), heartbeat: int = 10, quiet: bool = False) -> TuneResult:
+    """Search hyper-parameters of `model` with Optuna (docs/tune.md); a trial is an ordinary
+    training run in OUT/trials/, scored by its best-epoch VALIDATION `metric` (the test split
+    is not read); trial 0 is the packaged recipe. `space` (a YAML file or a dict) is merged over
+    the model's default space. `storage` (default: SQLite in OUT; `postgresql://...` to share a
+    study between machines) and `study_name` name the study: the same call again resumes it up to
+    `trials` trials in total. `workers` trial processes share this machine's cores.
+    `final_seeds` retrains the best configuration once per seed and evaluates the test split
+    once each (TuneResult.final_summary: mean and std).
+
+    Example:
+        >>> res = api.tune("early_fusion", trials=10, epochs=4, out="study")   # doctest: +SKIP
+        >>> res.best_params, res.best_value, res.best_config                     # doctest: +SKIP
+    """
+    import functools
+    import time
+
+    from mmerkit import tune as tuning
+    from mmerkit.space import read_space_file, resolve_space, values_of, with_recipe_choices
+
+    _check_tune_options(trials, workers, pruner, metric, timeout, heartbeat)
+    seeds = _distinct_seeds(final_seeds) or []
+    if isinstance(data, FeatureStore):
+        data = data.path
+    configure = functools.partial(_trial_config, model, config, tuple(overrides), epochs, metric)
+    cfg0 = configure(None, {})
+    store = resolve_store(data, cfg0)
+    base = configure(store, {})
+    user_space, origin = space, "space"
+    if isinstance(space, (str, Path)):
+        user_space, origin = read_space_file(space), str(space)
+    params = resolve_space(base, user_space, origin)
+    _check_not_fixed(params, overrides)
+    recipe = values_of(params, base)
+    params = with_recipe_choices(params, recipe)
+    study_dir = Path(out)
+    if study_dir.exists() and not study_dir.is_dir():
+        raise ConfigError(f"out={str(study_dir)!r} (CLI: --out) is a file; it names the study directory")
+    settings = tuning.StudySettings(
+        study_dir=study_dir, storage=tuning.storage_url(storage, study_dir), name=study_name or base.model_name,
+        model=base.model_name, trials=trials, metric=metric, epochs=base.train.epochs, pruner=pruner,
+        workers=workers, timeout=timeout, seed=seed, heartbeat=heartbeat)
+    started = time.monotonic()
+    data_arg = None if data is None else str(data)
+    study = tuning.run_study(settings, params, recipe, configure, data_arg, quiet=quiet)
+    result = tuning.write_results(study, settings, params, time.monotonic() - started)
+    if seeds and result.best_trial is not None:
+        result.final, result.final_summary = tuning.final_runs(study_dir, result.best_params, configure,
+                                                               data_arg, seeds)
+    return result
+
+
+def _check_tune_options(trials: int, workers: int, pruner: str, metric: str, timeout: float | None,
+                        heartbeat: int) -> None:
+    from mmerkit.metrics import HIGHER_IS_BETTER
+    from mmerkit.tune import PRUNERS
+
+    if trials < 1:
+        raise ConfigError(f"trials={trials} (CLI: --trials) must be at least 1")
+    if workers < 1:
+        raise ConfigError(f"workers={workers} (CLI: --workers) must be at least 1")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"pruner={pruner!r} (CLI: --pruner) is not one of {', '.join(PRUNERS)}."
+                          f"{did_you_mean(pruner, PRUNERS)}")
+    if metric not in HIGHER_IS_BETTER:
+        raise ConfigError(f"metric={metric!r} (CLI: --metric) is not a validation metric."
+                          f"{did_you_mean(metric, list(HIGHER_IS_BETTER))} Metrics: {', '.join(HIGHER_IS_BETTER)}")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"timeout={timeout} (CLI: --timeout) must be a positive number of seconds")
+    if heartbeat < 1:
+        raise ConfigError(f"heartbeat={heartbeat} (CLI: --heartbeat) must be at least 1 second")
+
+
+def _check_not_fixed(params: Sequence[Any], overrides: Sequence[str]) -> None:
+    """A key both searched and fixed by --set would be silently one or the other: refuse it."""
+    fixed = {item.split("=", 1)[0].strip() for item in overrides}
+    both = [p.key for p in params if p.key in fixed]
+    if both:
+        raise ConfigError(f"--set {both[0]}=... fixes a key the search space varies; drop the --set, or remove "
+                          f"the key from the space with `{both[0]}: null` in --space")
+
+
+def _trial_config(model: str | None, config: ConfigLike, overrides: tuple[str, ...], epochs: int | None,
+                  metric: str, store: FeatureStore | None, params: dict[str, Any]) -> RunConfig:
+    """One trial's RunConfig: model and dataset defaults < config < overrides < the trial's
+    parameters; model selection by `metric` (module level: tune's worker processes pickle it)."""
+    values = [f"{key}={json.dumps(value)}" for key, value in params.items()]
+    return build_config(model, store, config, [*overrides, *values], epochs=epochs, select_metric=metric)
+
+
+def tune_show(study_dir: str | Path) -> dict[str, Any]:
+    """A tuned study directory read back: study.json ("study"), the rows of trials.csv
+    ("trials") and final.json when --final-seeds ran ("final")."""
+    import csv
+
+    from mmerkit.tune import FINAL_JSON, TRIALS_CSV, read_study_dir
+
+    study_dir = Path(study_dir)
+    info = read_study_dir(study_dir)
+    with open(study_dir / TRIALS_CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    final = study_dir / FINAL_JSON
+    return {"study": info, "trials": rows, "final": json.loads(final.read_text()) if final.exists() else None}
 
 
 # ----------------------------------------------------------------------------- eval / predict

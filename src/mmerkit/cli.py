@@ -185,6 +185,72 @@ def train(model: str | None = typer.Option(None, "-m", "--model", help="model na
             console.print(f"run: {r.run_dir}")
 
 
+@app.command()
+def tune(model: str | None = typer.Option(None, "-m", "--model", help="model name, see `mmer models`"),
+         data: Path | None = typer.Option(None, "-d", "--data", help="store (default: embedded data)"),
+         trials: int = typer.Option(20, "--trials", help="trials in the study in total (resuming counts earlier ones)"),
+         config: str | None = typer.Option(None, "--config", help="YAML file or packaged preset trials start from"),
+         space: Path | None = typer.Option(None, "--space", help="YAML search space merged over the model's default"),
+         epochs: int | None = typer.Option(None, help="training epochs of every trial"),
+         metric: str = typer.Option("micro_f1", "--metric", help="validation metric to optimise"),
+         out: Path = typer.Option(Path("study"), "--out", help="study directory (trials/, best.yaml, trials.csv, plots/)"),
+         storage: str | None = typer.Option(None, "--storage", help="postgresql://USER:PASS@HOST:PORT/DB to share "
+                                            "the study between machines (default: SQLite in --out)"),
+         study_name: str | None = typer.Option(None, "--study-name", help="study name in the storage (default: the model)"),
+         workers: int = typer.Option(1, "--workers", help="trial processes on this machine (each its share of the cores)"),
+         pruner: str = typer.Option("median", "--pruner", help="median | hyperband | none"),
+         timeout: float | None = typer.Option(None, "--timeout", help="start no trial after this many seconds"),
+         seed: int = typer.Option(0, "--seed", help="sampler seed"),
+         final_seeds: list[int] | None = typer.Option(None, "--final-seeds", help="retrain the best configuration "
+                                                      "with these seeds and evaluate the test split once each"),
+         set_: list[str] | None = typer.Option(None, "--set", help="fixed override, e.g. train.batch_size=32"),
+         heartbeat: int = typer.Option(10, "--heartbeat", help="seconds between a trial's heartbeats; a trial "
+                                       "silent for twice that is marked failed"),
+         show: Path | None = typer.Option(None, "--show", help="print the trials of a study directory and exit")) -> None:
+    """Search hyper-parameters with Optuna: each trial an ordinary training run scored on validation."""
+    if show is not None:
+        _show_study(api.tune_show(show))
+        return
+    with _report_interrupts():
+        res = api.tune(model, data, trials=trials, config=config, space=space, epochs=epochs, metric=metric,
+                       out=out, storage=storage, study_name=study_name, workers=workers, pruner=pruner,
+                       timeout=timeout, seed=seed, final_seeds=final_seeds or (), overrides=set_ or [],
+                       heartbeat=heartbeat)
+    if res.best_trial is None:
+        console.print(f"no trial of study {res.study_name!r} completed; see {res.trials_csv}", highlight=False)
+        return
+    console.print(f"best trial {res.best_trial}: validation {metric} {res.best_value:.4f}", highlight=False)
+    for key, value in res.best_params.items():
+        console.print(f"  {key} = {value}", highlight=False)
+    console.print(f"config: {res.best_config}\ntrials: {res.trials_csv}\n"
+                  f"plots: {', '.join(str(p) for p in res.plots) or '-'}", highlight=False, soft_wrap=True)
+    if res.final_summary:
+        _print_final(res.final_summary, len(res.final))
+
+
+def _show_study(shown: dict) -> None:
+    info = shown["study"]
+    rows = [{k.removeprefix("params."): _cell(v) for k, v in row.items() if k != "run_dir"} for row in shown["trials"]]
+    console.print(_table(rows, f"study {info['study_name']} ({info['model']}, {info['metric']}, "
+                               f"{info['epochs']} epochs)"))
+    if info.get("best_trial") is not None:
+        console.print(f"best trial {info['best_trial']}: {info['metric']} {info['best_value']:.4f}", highlight=False)
+    if shown["final"]:
+        _print_final(shown["final"]["test"], len(shown["final"]["seeds"]))
+
+
+def _cell(v: str) -> str:
+    try:
+        return f"{float(v):.4g}"
+    except ValueError:
+        return v
+
+
+def _print_final(summary: dict, seeds: int) -> None:
+    cells = "  ".join(f"{k} {v['mean']:.4f} ± {v['std']:.4f}" for k, v in summary.items())
+    console.print(f"test, best configuration over {seeds} seeds: {cells}", highlight=False, soft_wrap=True)
+
+
 @app.command("eval")
 def evaluate(run: Path = typer.Argument(..., help="run directory"),
              data: Path | None = typer.Option(None, "-d", "--data", help="store (default: the run's)"),
@@ -471,7 +537,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), "--out")) -> None:
     console.print(f"run: {result.run_dir}  (mmer eval / plot / predict take this folder)", highlight=False)
 
 
-def expand_multi_value(argv: list[str], options=("--seeds", "--only")) -> list[str]:
+def expand_multi_value(argv: list[str], options=("--seeds", "--only", "--final-seeds")) -> list[str]:
     """`--seeds 1 2 3` -> `--seeds 1 --seeds 2 --seeds 3` (click options take one value each)."""
     out, current = [], None
     for arg in argv:

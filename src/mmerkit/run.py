@@ -289,6 +289,9 @@ class Run:
     def write_results(self, valid: dict[str, Any], test: dict[str, Any], warnings: list[str] = ()) -> None:
         atomic_write_text(self.path / WARNINGS, json.dumps(list(warnings), indent=2))
         atomic_write_text(self.test_metrics_path, json.dumps(test, indent=2))
+        self.write_valid_metrics(valid)
+
+    def write_valid_metrics(self, valid: dict[str, Any]) -> None:
         atomic_write_text(self.valid_metrics_path, json.dumps(valid, indent=2))
 
 

@@ -187,6 +187,9 @@ class AMP(MMERModel):
     test_params: ClassVar[dict] = {"hidden_size": 16, "num_heads": 2, "intermediate_size": 32,
                                    "layers": 1, "fusion_layers": 1, "dropout": 0.0,
                                    "head_dropout": 0.0, "mask_k": 3, "sinkhorn_iters": 20}
+    search_space: ClassVar[dict] = {
+        "model.mask_weight": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+        "model.app_weight": {"type": "float", "low": 0.1, "high": 2.0, "log": True}}
 
     def __init__(self, config: AMPConfig, spec: DataSpec):
         super().__init__(config, spec)

@@ -90,6 +90,9 @@ class MMERModel(nn.Module):
     # pooling masked, positions counted per sample). The server batches requests of any lengths
     # together only when this holds; tests/test_models.py checks the claim for every model.
     padding_invariant: ClassVar[bool] = True
+    # `mmer tune`'s default space: keys added to (or, set to None, dropped from) the generic one
+    # (lr, weight decay, batch size, dropout; mmerkit.space), in the form a user's --space file has
+    search_space: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()

@@ -64,6 +64,8 @@ def masked_mean_max(x: Tensor, mask: Tensor) -> Tensor:
                 "in one encoder)", year=None, config=EarlyFusionConfig)
 class EarlyFusionTransformer(MMERModel):
     test_params = {"hidden_size": 16, "layers": 1, "intermediate_size": 32, "num_heads": 2, "dropout": 0.0}
+    search_space = {"model.hidden_size": {"type": "categorical", "choices": [64, 128, 256]},
+                    "model.layers": {"type": "int", "low": 1, "high": 3}}
 
     def __init__(self, config: EarlyFusionConfig, spec: DataSpec):
         super().__init__(config, spec)
@@ -121,6 +123,8 @@ class LateFusionConfig(EarlyFusionConfig):
                 config=LateFusionConfig)
 class LateFusion(MMERModel):
     test_params = {"hidden_size": 16, "layers": 1, "intermediate_size": 32, "num_heads": 2, "dropout": 0.0}
+    search_space = {**EarlyFusionTransformer.search_space,
+                    "model.unimodal_weight": {"type": "float", "low": 0.0, "high": 1.0}}
 
     def __init__(self, config: LateFusionConfig, spec: DataSpec):
         super().__init__(config, spec)
@@ -272,6 +276,12 @@ class MulTConfig(ModelConfig):
 class MulT(MMERModel):
     test_params = {"hidden_size": 16, "num_heads": 2, "layers": 1, "attn_dropout": 0.0, "relu_dropout": 0.0,
                    "res_dropout": 0.0, "embed_dropout": 0.0}
+    # MulT names its dropouts per place (no single `dropout`), d must divide by its 5 heads
+    search_space = {"model.attn_dropout": {"type": "float", "low": 0.0, "high": 0.3},
+                    "model.relu_dropout": {"type": "float", "low": 0.0, "high": 0.3},
+                    "model.res_dropout": {"type": "float", "low": 0.0, "high": 0.3},
+                    "model.embed_dropout": {"type": "float", "low": 0.0, "high": 0.3},
+                    "model.hidden_size": {"type": "categorical", "choices": [30, 40, 50]}}
 
     def __init__(self, config: MulTConfig, spec: DataSpec):
         super().__init__(config, spec)

@@ -195,6 +195,12 @@ class CARAT(MMERModel):
     test_params: ClassVar[dict] = {
         "hidden_size": 32, "num_heads": 4, "intermediate_size": 32, "proj_size": 8,
         "layers": {"text": 1, "visual": 1, "audio": 1}, "moco_queue": 256, "dropout": 0.0}
+    # the loss weights decide whether CARAT learns at all on a new corpus (configs/models/carat.yaml)
+    search_space: ClassVar[dict] = {
+        "model.cl_weight": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+        "model.recon_mse_weight": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+        "model.aug_mse_weight": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
+        "model.threshold": {"type": "float", "low": 0.15, "high": 0.5}}
 
     def __init__(self, config: CaratConfig, spec: DataSpec):
         super().__init__(config, spec)

@@ -130,6 +130,10 @@ class ClassicModel(MMERModel):
     closed_form: ClassVar[bool] = True
     data_sized: ClassVar[tuple[str, ...]] = ()  # buffers whose first dim the fitted data decides
     test_params: ClassVar[dict[str, Any]] = {"C": 1.0, "max_iter": 500}
+    # no epochs, no optimiser: C (null = chosen on validation from C_grid) and the scaling
+    search_space: ClassVar[dict[str, Any]] = {
+        "model.C": {"type": "categorical", "choices": [None, 0.001, 0.01, 0.1, 1.0, 10.0]},
+        "model.standardize": {"type": "categorical", "choices": [True, False]}}
 
     def __init__(self, config: ClassicConfig, spec: DataSpec):
         super().__init__(config, spec)

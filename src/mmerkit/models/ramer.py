@@ -130,6 +130,10 @@ class RAMer(CARAT):
     test_params: ClassVar[dict] = {**CARAT.test_params, "disc_hidden": 8, "private_dropout": 0.0,
                                    "common_dropout": 0.0, "head_dropout": 0.0, "disc_dropout": 0.0,
                                    "personality_heads": 2, "proj_size": 16}
+    search_space: ClassVar[dict] = {
+        **CARAT.search_space,
+        "model.adv_weight": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+        "model.cml_weight": {"type": "float", "low": 0.1, "high": 1.0}}
 
     def __init__(self, config: RamerConfig, spec: DataSpec):
         super().__init__(config, spec)

@@ -295,6 +295,12 @@ class TAILOR(MMERModel):
         "layers": {"text": 1, "visual": 1, "audio": 1}, "fusion_layers": 1, "dropout": 0.0,
         "private_dropout": 0.0, "common_dropout": 0.0, "head_dropout": 0.0, "disc_dropout": 0.0,
         "init_std": 0.1}  # a wider init than BERT's 0.02 so 150 steps at lr 3e-3 suffice
+    # decoder_init and the loss weights decide whether TAILOR leaves the label prior (configs/models/tailor.yaml)
+    search_space: ClassVar[dict] = {
+        "model.decoder_init": {"type": "categorical", "choices": ["bert", "xavier"]},
+        "model.adv_weight": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+        "model.cml_weight": {"type": "float", "low": 0.1, "high": 1.0},
+        "model.threshold": {"type": "float", "low": 0.2, "high": 0.5}}
 
     def __init__(self, config: TailorConfig, spec: DataSpec):
         super().__init__(config, spec)
