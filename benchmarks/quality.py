@@ -9,6 +9,13 @@ threshold on validation, test evaluated once), plus the pooled-feature logistic 
     python benchmarks/quality.py --only carat --set optim.lr=1e-4 --tag lr1e-4
     python benchmarks/quality.py --table old/quality.json runs/quality/quality.json   # one table
     python benchmarks/quality.py --table a/quality.json b/quality.json --only carat tailor
+    python benchmarks/quality.py --tuned --trials 8 --epochs 6 --only carat late_fusion-w64 tailor mult
+
+`--tuned` compares each entry's packaged recipe with what `mmer tune` finds at an equal budget:
+every entry gets the same number of trials of the same number of epochs (its `--set`s stay
+fixed and leave the search space), then the best configuration is retrained with `--seeds`
+and tested once per seed; the packaged recipe is trained with the same epochs and seeds.
+Results go to OUT/tuned.json and a markdown table.
 
 `--table` prints one markdown table (per-label F1 and constant seeds included) from saved
 quality.json files; an entry in a later file replaces the same entry of an earlier one.
@@ -201,6 +208,51 @@ def comparison_table(files: list[Path], only: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def run_tuned(name: str, seeds: list[int], out: Path, extra: list[str], epochs: int | None, trials: int,
+              workers: int) -> dict:
+    """The packaged recipe and the tuned one of one entry, at the same epochs and seeds."""
+    from mmerkit import api
+
+    model, config, sets = ENTRIES[name]
+    fixed = [*sets, *extra]
+    packaged = run_entry(name, seeds, out / "packaged", extra, epochs)
+    # what the entry fixes is not searched (e.g. late_fusion-w64's width)
+    space = {item.split("=", 1)[0]: None for item in fixed if item.split(".", 1)[0] in ("model", "optim", "train")}
+    start = time.perf_counter()
+    res = api.tune(model, None, trials=trials, config=config, space=space, epochs=epochs,
+                   out=out / "tuned" / name, overrides=[*fixed, "train.progress=false"], workers=workers,
+                   final_seeds=seeds, seed=0)
+    total = time.perf_counter() - start
+    recipe = next((t for t in res.trials if t["number"] == 0), {})
+    return {"entry": name, "model": model, "config": config, "overrides": fixed, "seeds": seeds,
+            "trials": trials, "epochs": epochs, "workers": workers,
+            "packaged": {k: packaged[k] for k in REPORTED}, "packaged_seconds": packaged["seconds"],
+            "tuned": res.final_summary, "best_trial": res.best_trial, "best_params": res.best_params,
+            "valid_packaged": recipe.get("value"), "valid_best": res.best_value,
+            "states": {s: sum(t["state"] == s for t in res.trials) for s in ("complete", "pruned", "fail")},
+            "tuning_seconds": round(res.seconds, 1), "final_seconds": round(total - res.seconds, 1),
+            "study_dir": str(res.study_dir)}
+
+
+def tuned_markdown(rows: list[dict]) -> str:
+    lines = ["| entry | packaged: test micro-F1 | tuned: test micro-F1 | packaged: macro-F1 | tuned: macro-F1 "
+             "| valid micro-F1, trial 0 -> best | best trial | trials (complete/pruned/failed) | tuning + final time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(d, key):
+        v = d.get(key)
+        return f"{v['mean']:.3f} ± {v['std']:.3f}" if v else "-"
+
+    for r in rows:
+        st = r["states"]
+        lines.append(f"| {r['entry']} | {fmt(r['packaged'], 'micro_f1')} | {fmt(r['tuned'], 'micro_f1')} "
+                     f"| {fmt(r['packaged'], 'macro_f1')} | {fmt(r['tuned'], 'macro_f1')} "
+                     f"| {r['valid_packaged']:.3f} -> {r['valid_best']:.3f} | {r['best_trial']} "
+                     f"| {st['complete']}/{st['pruned']}/{st['fail']} "
+                     f"| {r['tuning_seconds']:.0f} s + {r['final_seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=[*ENTRIES, "pooled_logreg"], help="entries to run")
@@ -210,6 +262,9 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of the output folder, to keep variants apart")
     p.add_argument("--out", type=Path, default=Path("runs/quality"))
     p.add_argument("--table", nargs="+", type=Path, help="print one table from saved quality.json files")
+    p.add_argument("--tuned", action="store_true", help="packaged recipe vs `mmer tune` at an equal budget")
+    p.add_argument("--trials", type=int, default=8, help="trials per entry (--tuned)")
+    p.add_argument("--workers", type=int, default=1, help="trial processes (--tuned)")
     args = p.parse_args()
     if args.table:
         missing = [str(f) for f in args.table if not f.is_file()]
@@ -218,6 +273,17 @@ def main() -> None:
         print(comparison_table(args.table, args.only))
         return
     out = args.out / args.tag if args.tag else args.out
+    if args.tuned:
+        if not args.only or "pooled_logreg" in args.only:
+            p.error("--tuned: name the entries to tune with --only (pooled_logreg has nothing to tune)")
+        rows = []
+        for name in args.only:
+            rows.append(run_tuned(name, args.seeds, out, args.set, args.epochs, args.trials, args.workers))
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "tuned.json").write_text(json.dumps(rows, indent=2, default=str))
+            print(tuned_markdown(rows[-1:]).splitlines()[-1], flush=True)
+        print(tuned_markdown(rows))
+        return
     names = args.only or [*ENTRIES, "pooled_logreg"]
     rows = []
     for name in names:
