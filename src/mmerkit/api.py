@@ -268,7 +268,7 @@ def _distinct_seeds(seeds: Sequence[int] | None) -> list[int] | None:
 def tune(model: str | None = None, data: str | Path | FeatureStore | None = None, *, trials: int = 20,
          config: ConfigLike = None, space: str | Path | dict | None = None, epochs: int | None = None,
          metric: str = "micro_f1", out: str | Path = "study", storage: str | None = None,
-         study_name: str | None = None, workers: int = 1, pruner: str = "median",
+         study_name: str | None = None, workers: int = 1, pruner: Any = "median",
          timeout: float | None = None, seed: int = 0, final_seeds: Sequence[int] = (),
          overrides: Sequence[str] = (), heartbeat: int = 10, quiet: bool = False) -> TuneResult:
     """Search hyper-parameters of `model` with Optuna (docs/tune.md); a trial is an ordinary
@@ -276,7 +276,8 @@ def tune(model: str | None = None, data: str | Path | FeatureStore | None = None
     is not read); trial 0 is the packaged recipe. `space` (a YAML file or a dict) is merged over
     the model's default space. `storage` (default: SQLite in OUT; `postgresql://...` to share a
     study between machines) and `study_name` name the study: the same call again resumes it up to
-    `trials` trials in total. `workers` trial processes share this machine's cores.
+    `trials` trials in total. `workers` trial processes share this machine's cores. `pruner` is
+    median, hyperband, none or an Optuna pruner object.
     `final_seeds` retrains the best configuration once per seed and evaluates the test split
     once each (TuneResult.final_summary: mean and std).
 
@@ -322,7 +323,7 @@ def tune(model: str | None = None, data: str | Path | FeatureStore | None = None
     return result
 
 
-def _check_tune_options(trials: int, workers: int, pruner: str, metric: str, timeout: float | None,
+def _check_tune_options(trials: int, workers: int, pruner: Any, metric: str, timeout: float | None,
                         heartbeat: int) -> None:
     from mmerkit.metrics import HIGHER_IS_BETTER
     from mmerkit.tune import PRUNERS
@@ -331,7 +332,12 @@ def _check_tune_options(trials: int, workers: int, pruner: str, metric: str, tim
         raise ConfigError(f"trials={trials} (CLI: --trials) must be at least 1")
     if workers < 1:
         raise ConfigError(f"workers={workers} (CLI: --workers) must be at least 1")
-    if pruner not in PRUNERS:
+    if not isinstance(pruner, str):
+        import optuna
+
+        if not isinstance(pruner, optuna.pruners.BasePruner):
+            raise ConfigError(f"pruner={pruner!r}: pass one of {', '.join(PRUNERS)} or an optuna.pruners.BasePruner")
+    elif pruner not in PRUNERS:
         raise ConfigError(f"pruner={pruner!r} (CLI: --pruner) is not one of {', '.join(PRUNERS)}."
                           f"{did_you_mean(pruner, PRUNERS)}")
     if metric not in HIGHER_IS_BETTER:

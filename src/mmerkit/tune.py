@@ -56,7 +56,7 @@ class StudySettings:
     trials: int
     metric: str
     epochs: int
-    pruner: str = "median"
+    pruner: Any = "median"  # median | hyperband | none, or an optuna.pruners.BasePruner (Python API)
     workers: int = 1
     timeout: float | None = None
     seed: int = 0
@@ -190,6 +190,8 @@ def make_sampler(study: StudySettings, worker: int):
 def make_pruner(study: StudySettings):
     import optuna
 
+    if isinstance(study.pruner, optuna.pruners.BasePruner):
+        return study.pruner
     if study.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(study.epochs // 3, 1))
     if study.pruner == "hyperband":
@@ -352,7 +354,7 @@ def _worker_main(study: StudySettings, space: list[Param], configure: Configure,
 
 
 def run_workers(study: StudySettings, space: list[Param], configure: Configure, data: str | None,
-                left: int, show: Callable[[Any], None]) -> list[int]:
+                left: int, show: Progress) -> list[int]:
     """K processes (spawned: a forked torch is not safe), `left` trials between them; the
     parent shows progress from the storage. Returns the workers' exit codes."""
     import multiprocessing
@@ -392,8 +394,11 @@ def run_workers(study: StudySettings, space: list[Param], configure: Configure, 
     for p in procs:
         p.join()
     codes = [p.exitcode for p in procs]
-    if any(c != 0 for c in codes):
+    dead = [f"worker {i} (exit code {c}, log {logs / f'worker_{i}.log'})" for i, c in enumerate(codes) if c != 0]
+    if dead:
         # a worker died mid-trial: once its heartbeat is stale, Optuna marks the trial FAIL
+        show.console.print(f"[yellow]note:[/] {', '.join(dead)} stopped; its trial is marked failed once "
+                           f"its heartbeat is {2 * study.heartbeat} s old")
         time.sleep(2 * study.heartbeat + 1)
         optuna.storages.fail_stale_trials(s)
     show(s)

@@ -1,0 +1,281 @@
+"""`mmer tune`: search spaces, the objective, SQLite and PostgreSQL studies with workers, resume,
+pruning, a SIGKILLed worker (docs/tune.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import QUIET, TINY, toy_store
+
+from mmerkit import api
+from mmerkit.errors import ConfigError
+from mmerkit.models.base import list_models, model_class
+from mmerkit.space import default_space, resolve_space, values_of
+
+optuna = pytest.importorskip("optuna", reason="mmer tune needs optuna: pip install 'mmerkit[tune]'")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+# the toy store's width and no progress bars; batch size and width stay fixed (not searched)
+FIXED = [*TINY, *QUIET]
+# 2 x 2 points: with more trials than points some must repeat, so the no-twins rule is exercised
+SMALL_SPACE = {"optim.lr": {"type": "categorical", "choices": [1e-3, 3e-3]},
+               "model.dropout": {"type": "categorical", "choices": [0.0, 0.1]},
+               "optim.weight_decay": None, "train.batch_size": None, "model.hidden_size": None,
+               "model.layers": None}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
+
+
+def _load(study_dir: Path, name: str = "early_fusion"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{(study_dir / 'study.db').resolve()}")
+
+
+# ----------------------------------------------------------------------------- spaces
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_every_registered_model_has_a_valid_default_space(model):
+    """A new model gets the generic space (or declares one); it must pass the same checks as a
+    user's space against the model's packaged recipe, which is trial 0."""
+    base = api.build_config(model, None, None, [])
+    params = resolve_space(base)
+    assert params, f"{model} has an empty default space"
+    recipe = values_of(params, base)
+    assert set(recipe) == {p.key for p in params}
+    if not model_class(model).closed_form:
+        assert "optim.lr" in default_space(model)
+
+
+def test_space_declared_by_the_model_and_user_override():
+    carat = default_space("carat")
+    assert {"model.cl_weight", "model.recon_mse_weight", "model.aug_mse_weight"} <= set(carat)
+    assert default_space("tailor")["model.decoder_init"]["choices"] == ["bert", "xavier"]
+    base = api.build_config("carat", None, None, [])
+    params = resolve_space(base, {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+                                  "model.cl_weight": None})
+    keys = {p.key: p for p in params}
+    assert "model.cl_weight" not in keys and keys["optim.lr"].low == 1e-4
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"model.dropuot": {"type": "float", "low": 0, "high": 0.5}}, "Did you mean 'dropout'?"),
+    ({"optim.lrr": {"type": "float", "low": 1e-5, "high": 1e-3}}, "Did you mean 'lr'?"),
+    ({"optm.lr": {"type": "float", "low": 1e-5, "high": 1e-3}}, "Did you mean 'optim'?"),
+    ({"optim.lr": {"type": "float", "lo": 1e-5, "high": 1e-3}}, "unknown range field 'lo'. Did you mean 'low'?"),
+    ({"optim.lr": {"type": "flaot", "low": 1e-5, "high": 1e-3}}, "Did you mean 'float'?"),
+    ({"optim.lr": {"type": "float", "low": 1e-3, "high": 1e-5}}, "empty range"),
+    ({"model.layers": {"type": "int", "low": 2, "high": 2}}, "empty range"),
+    ({"optim.lr": {"type": "float", "low": 0.0, "high": 1e-3, "log": True}}, "log: true needs low > 0"),
+    ({"optim.lr": {"type": "float", "low": -1.0, "high": 1e-3}}, "refused by the config"),
+    ({"optim.optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]}}, "'sgd' is refused"),
+    ({"train.batch_size": {"type": "categorical", "choices": []}}, "non-empty list"),
+    ({"model.layers": {"type": "int", "low": 1, "high": 3.5}}, "not a whole number"),
+])
+def test_bad_space_is_one_line_naming_the_key(space, message):
+    base = api.build_config("early_fusion", None, None, [])
+    with pytest.raises(ConfigError) as e:
+        resolve_space(base, space, "space.yaml")
+    text = str(e.value)
+    assert message in text and "\n" not in text
+    assert f"space.yaml: {next(iter(space))}" in text or "space.yaml: key" in text or "space.yaml: unknown" in text
+
+
+def test_bad_space_file_and_options_exit_2_with_one_line(tmp_path):
+    bad = tmp_path / "space.yaml"
+    bad.write_text("model.dropuot: {type: float, low: 0.0, high: 0.5}\n")
+    for args, message in ((["--space", str(bad)], "Did you mean 'dropout'?"),
+                          (["--pruner", "medain"], "Did you mean 'median'?"),
+                          (["--metric", "micro_f2"], "Did you mean 'micro_f1'?"),
+                          (["--set", "optim.lr=1e-3"], "fixes a key the search space varies")):
+        r = subprocess.run([sys.executable, "-m", "mmerkit", "tune", "-m", "early_fusion", "--out",
+                            str(tmp_path / "s"), *args], capture_output=True, text=True, env=_env())
+        assert r.returncode == 2, r.stderr
+        assert message in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()  # nothing half-written
+
+
+def test_storage_url_picks_the_installed_driver():
+    from mmerkit.tune import _redact, storage_url
+
+    url = storage_url("postgresql://me:secret@db.example:5432/studies", Path("x"))
+    assert url.startswith(("postgresql+psycopg://", "postgresql+psycopg2://"))
+    assert _redact(url).endswith("me:***@db.example:5432/studies")
+    assert storage_url(None, Path("s")).endswith("/s/study.db")
+    with pytest.raises(ConfigError, match="Did you mean 'postgresql'"):
+        storage_url("postgresq://u@h/db", Path("x"))
+
+
+# ----------------------------------------------------------------------------- studies
+
+
+@pytest.mark.slow
+def test_sqlite_two_workers_resume_and_best_yaml(tmp_path):
+    """2 workers share 5 trials of a 4-point space: 5 trials in total, trial 0 the packaged recipe,
+    no two trained trials with the same parameters, no test metrics in the trials; running again
+    with --trials 6 adds one; best.yaml is a config `mmer train` takes."""
+    store = toy_store(tmp_path / "store").path
+    kw = dict(config=None, space=SMALL_SPACE, epochs=2, out=tmp_path / "study", overrides=FIXED,
+              workers=2, pruner="none", heartbeat=2, quiet=True)
+    res = api.tune("early_fusion", store, trials=5, **kw)
+    study = _load(tmp_path / "study")
+    trials = study.get_trials()
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+    base = api.build_config("early_fusion", None, None, FIXED)
+    assert trials[0].params == values_of(resolve_space(base, SMALL_SPACE), base)
+    assert trials[0].user_attrs.get("recipe") == "packaged"
+    trained = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    points = [tuple(sorted(t.params.items())) for t in trained]
+    assert len(points) == len(set(points)) and len(trained) <= 4
+    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+    for t in trained:
+        run = Path(t.user_attrs["run_dir"])
+        assert run.parent.parent == tmp_path / "study" / "trials"
+        assert json.loads((run / "trial.json").read_text())["state"] == "complete"
+        assert (run / "valid_metrics.json").exists() and not (run / "test_metrics.json").exists()
+    # scored by the best epoch's validation metric, as metrics.csv records it
+    best_run = Path(study.best_trial.user_attrs.get("run_dir") or trials[study.best_trial.user_attrs["duplicate_of"]].user_attrs["run_dir"])
+    from mmerkit.run import read_history
+
+    history = [r for r in read_history(best_run / "metrics.csv") if r["split"] == "valid"]
+    assert study.best_value == pytest.approx(max(r["micro_f1"] for r in history))
+    assert res.best_value == pytest.approx(study.best_value)
+    rows = (tmp_path / "study" / "trials.csv").read_text().splitlines()
+    assert rows[0].startswith("number,state,value") and len(rows) == 6
+    assert {p.name for p in res.plots} >= {"optimization_history.png"}
+    cfg = api.build_config(None, None, tmp_path / "study" / "best.yaml", [])
+    assert cfg.model_name == "early_fusion" and cfg.train.epochs == 2
+    assert cfg.optim.lr == res.best_params["optim.lr"]
+
+    api.tune("early_fusion", store, trials=6, **kw)  # resume: up to 6 in total
+    assert len(_load(tmp_path / "study").get_trials()) == 6
+
+
+def test_tuning_never_reads_the_test_split_and_final_seeds_read_it_once_each(tmp_path, monkeypatch):
+    """Every split the engine loads is recorded: the trials load train and valid only; each
+    --final-seeds run evaluates the test split once, and final.json holds mean and std."""
+    from mmerkit.engine import Engine
+
+    loaded: list[str] = []
+    real_loader = Engine.loader
+
+    def recording_loader(self, store, split, train, seed=0):
+        loaded.append(split)
+        return real_loader(self, store, split, train, seed)
+
+    monkeypatch.setattr(Engine, "loader", recording_loader)
+    store = toy_store(tmp_path / "store").path
+    res = api.tune("early_fusion", store, trials=2, space=SMALL_SPACE, epochs=1, out=tmp_path / "study",
+                   overrides=FIXED, pruner="none", quiet=True, final_seeds=[])
+    assert "test" not in loaded and {"train", "valid"} <= set(loaded)
+    assert res.final == [] and not (tmp_path / "study" / "final.json").exists()
+    loaded.clear()
+    res = api.tune("early_fusion", store, trials=2, space=SMALL_SPACE, epochs=1, out=tmp_path / "study",
+                   overrides=FIXED, pruner="none", quiet=True, final_seeds=[1, 2])
+    assert loaded.count("test") == 2  # the study was complete: only the two final runs trained
+    final = json.loads((tmp_path / "study" / "final.json").read_text())
+    assert final["seeds"] == [1, 2] and set(final["test"]["micro_f1"]) == {"mean", "std"}
+    assert [r.test_metrics["seed"] for r in res.final] == [1, 2]
+    assert res.final_summary["micro_f1"]["mean"] == pytest.approx(
+        sum(r.test_metrics["micro_f1"] for r in res.final) / 2)
+
+
+@pytest.mark.slow
+def test_pruned_trial_is_recorded_and_its_run_says_so(tmp_path):
+    """A pruner that prunes every trial at its first report: the trial stops after epoch 1 of 3,
+    is PRUNED in the study and in trials.csv, and its run directory's trial.json says so."""
+    store = toy_store(tmp_path / "store").path
+    res = api.tune("early_fusion", store, trials=1, space=SMALL_SPACE, epochs=3, out=tmp_path / "study",
+                   overrides=FIXED, pruner=optuna.pruners.ThresholdPruner(lower=1.1), quiet=True)
+    [t] = _load(tmp_path / "study").get_trials()
+    assert t.state.name == "PRUNED" and res.best_trial is None
+    run = next((tmp_path / "study" / "trials" / "0000").iterdir())
+    assert json.loads((run / "trial.json").read_text())["state"] == "pruned"
+    from mmerkit.run import read_history
+
+    assert {r["epoch"] for r in read_history(run / "metrics.csv")} == {1}  # stopped after epoch 1
+    assert res.trials[0]["state"] == "pruned"
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_fails_its_trial_and_the_study_goes_on(tmp_path):
+    """`mmer tune --workers 2`: one worker is SIGKILLed mid-trial; its trial becomes FAIL
+    (Optuna's heartbeat), its run directory says failed, the other worker runs the rest: 4
+    trials in total, 3 complete."""
+    store = toy_store(tmp_path / "store").path
+    space = tmp_path / "space.yaml"
+    space.write_text("train.batch_size: null\nmodel.hidden_size: null\nmodel.layers: null\n")
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "mmerkit", "tune", "-m", "early_fusion", "-d", str(store), "--trials", "4",
+           "--epochs", "40", "--space", str(space), "--out", str(out), "--workers", "2", "--pruner", "none",
+           "--heartbeat", "1", *[a for s in FIXED for a in ("--set", s)]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    victim = None
+    deadline = time.time() + 240
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if not (out / "study.db").exists():
+            continue
+        try:
+            running = _load(out).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except Exception:  # the study is being created
+            continue
+        for t in running:
+            trial_dir = t.user_attrs.get("trial_dir")
+            if "pid" in t.user_attrs and trial_dir and list(Path(trial_dir).glob("*/metrics.csv")):
+                victim = t
+                os.kill(t.user_attrs["pid"], signal.SIGKILL)
+                break
+    output, _ = proc.communicate(timeout=600)
+    assert victim is not None, output
+    assert proc.returncode == 0, output
+    trials = _load(out).get_trials()
+    states = {t.number: t.state.name for t in trials}
+    assert len(trials) == 4 and states[victim.number] == "FAIL", (states, output)
+    assert sum(s == "COMPLETE" for s in states.values()) == 3
+    run = next(Path(victim.user_attrs["trial_dir"]).iterdir())
+    assert json.loads((run / "trial.json").read_text())["state"] == "failed"
+    assert "stopped" in output  # the parent says a worker died
+
+
+@pytest.mark.slow
+def test_postgresql_study_with_two_workers_on_a_real_server(tmp_path):
+    """A throw-away PostgreSQL cluster (pg_virtualenv, from Debian's postgresql-common; `make
+    test` installs it as root): `mmer tune --storage postgresql://...` with 2 worker processes,
+    then the study read back from the server before the cluster is dropped."""
+    if shutil.which("pg_virtualenv") is None:
+        pytest.skip("pg_virtualenv not found: install Debian's postgresql and postgresql-common "
+                    "(`make tune-deps` as root) to run the PostgreSQL study test")
+    store = toy_store(tmp_path / "store").path
+    os.chmod(tmp_path, 0o755)  # the cluster runs as the postgres user when we are root
+    space = tmp_path / "space.yaml"
+    space.write_text("train.batch_size: null\nmodel.hidden_size: null\nmodel.layers: null\n")
+    url = "postgresql://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$PGDATABASE"
+    sets = " ".join(f"--set '{s}'" for s in FIXED)
+    check = ("import json, optuna, sys; from mmerkit.tune import storage_url; "
+             "s = optuna.load_study(study_name='early_fusion', storage=storage_url(sys.argv[1], None)); "
+             "print('STUDY', json.dumps([[t.state.name, t.params, t.user_attrs.get('pid')] for t in s.trials]))")
+    script = (f"set -e; {sys.executable} -m mmerkit tune -m early_fusion -d {store} --trials 3 --epochs 2 "
+              f"--space {space} --out {tmp_path / 'study'} --workers 2 --pruner none {sets} --storage \"{url}\"; "
+              f"{sys.executable} -c \"{check}\" \"{url}\"")
+    r = subprocess.run(["pg_virtualenv", "sh", "-c", script], capture_output=True, text=True, env=_env(),
+                       timeout=600, cwd=tmp_path)
+    if r.returncode != 0 and "initdb" in r.stderr and "root" in r.stderr:
+        pytest.skip(f"pg_virtualenv could not start a cluster here: {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    line = next(x for x in r.stdout.splitlines() if x.startswith("STUDY "))
+    trials = json.loads(line[len("STUDY "):])
+    assert len(trials) == 3 and all(state == "COMPLETE" for state, _, _ in trials)
+    assert len({pid for _, _, pid in trials}) == 2  # two worker processes shared the study
+    assert not (tmp_path / "study" / "study.db").exists()  # the server held it, not SQLite
+    assert "***" in json.loads((tmp_path / "study" / "study.json").read_text())["storage"]
