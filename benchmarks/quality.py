@@ -51,6 +51,7 @@ ENTRIES: dict[str, tuple[str, str | None, list[str]]] = {
     "amp": ("amp", "amp-small", []),
     "tailor": ("tailor", "tailor-small", []),
     "univa": ("univa", "univa-small", []),
+    "lddu": ("lddu", "lddu-small", []),
     "br": ("br", None, []),
     "cc": ("cc", None, []),
     "lp": ("lp", None, []),

@@ -69,7 +69,7 @@ class OptimConfig(StrictModel):
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     eps: float = Field(1e-6, gt=0)
     warmup_proportion: float = Field(0.1, ge=0, le=1)
-    schedule: Literal["linear", "constant", "cosine"] = "linear"
+    schedule: Literal["linear", "constant", "cosine", "warmup_cosine"] = "linear"
     grad_clip: float | None = Field(1.0, gt=0)
     accumulate: int = Field(1, ge=1)
 

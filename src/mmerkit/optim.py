@@ -51,6 +51,10 @@ def lr_lambda(schedule: str, total_steps: int, warmup_proportion: float):
 
     linear: warm up linearly over the first `warmup_proportion` of the steps, then decay linearly
     to 0 (the authors' `warmup_linear`; like theirs the first update uses lr 0 when warm-up > 0).
+    cosine: the same warm-up, then a half cosine from 1 to 0 over the remaining steps.
+    warmup_cosine: pytorch-pretrained-bert's (LDDU's release): the same warm-up, then
+    0.5 (1 + cos(pi x)) of the progress x = step / total itself, not re-based at the warm-up's
+    end (so the multiplier drops from 1 to 0.9755 at x = 0.1 with a 10% warm-up).
     """
     total = max(int(total_steps), 1)
     warm = warmup_proportion
@@ -61,6 +65,8 @@ def lr_lambda(schedule: str, total_steps: int, warmup_proportion: float):
             return x / warm
         if schedule == "constant":
             return 1.0
+        if schedule == "warmup_cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(x, 1.0)))
         if schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min((x - warm) / max(1 - warm, 1e-8), 1.0)))
         return max((x - 1.0) / (warm - 1.0), 0.0) if warm < 1 else 0.0

@@ -5,6 +5,7 @@ from mmerkit.models import (
     baselines,  # noqa: F401
     carat,  # noqa: F401
     classic,  # noqa: F401
+    lddu,  # noqa: F401
     ramer,  # noqa: F401
     tailor,  # noqa: F401
     univa,  # noqa: F401

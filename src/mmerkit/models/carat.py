@@ -104,7 +104,7 @@ from mmerkit.models.layers import (
     input_norm,
     xavier_matrices,
 )
-from mmerkit.models.losses import IGNORE, bce, masked_mse_sum, supcon_loss
+from mmerkit.models.losses import IGNORE, bce, masked_mse_sum, ring_enqueue, supcon_loss
 
 
 class CaratConfig(ModelConfig):
@@ -468,12 +468,4 @@ class CARAT(MMERModel):
     @torch.no_grad()
     def enqueue(self, rows: Tensor, labels: Tensor) -> None:
         """Write rows at the pointer with wrap-around (if more than Q rows, the last Q win)."""
-        q = self.queue.shape[0]
-        n = rows.shape[0]
-        ptr = int(self.queue_ptr)
-        if n > q:
-            rows, labels, ptr = rows[-q:], labels[-q:], (ptr + n - q) % q
-        idx = (ptr + torch.arange(rows.shape[0], device=rows.device)) % q
-        self.queue[idx] = rows.to(self.queue.dtype)
-        self.queue_labels[idx] = labels.to(self.queue_labels.dtype)
-        self.queue_ptr.fill_((int(self.queue_ptr) + n) % q)
+        ring_enqueue(self.queue, self.queue_labels, self.queue_ptr, rows, labels)

@@ -210,6 +210,21 @@ def _supcon(features, labels, queue, queue_labels, temperature, base_temperature
     return scale * mean_log_prob[has_pos].mean()
 
 
+@torch.no_grad()
+def ring_enqueue(queue: Tensor, queue_labels: Tensor, ptr: Tensor, rows: Tensor, labels: Tensor) -> None:
+    """FIFO write of `rows` / `labels` into the ring buffer `queue` / `queue_labels` at the
+    pointer `ptr` (a 0-d long tensor), wrapping around; with more rows than slots the last Q win.
+    Everything is updated in place and nothing keeps autograd history."""
+    q, n = queue.shape[0], rows.shape[0]
+    start = int(ptr)
+    if n > q:
+        rows, labels, start = rows[-q:], labels[-q:], (start + n - q) % q
+    idx = (start + torch.arange(rows.shape[0], device=rows.device)) % q
+    queue[idx] = rows.detach().to(queue.dtype)
+    queue_labels[idx] = labels.to(queue_labels.dtype)
+    ptr.fill_((int(ptr) + n) % q)
+
+
 def masked_mse_sum(pred: Tensor, target: Tensor, present: Tensor | None) -> Tensor:
     """sum over modalities of MSE(pred_m, target_m) for (B, M, ...) tensors, skipping missing
     (sample, modality) pairs; equals the plain sum of per-modality MSEs when all are present."""
