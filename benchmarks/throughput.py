@@ -6,6 +6,7 @@ Each model runs in a fresh subprocess so peak resident memory (ru_maxrss) does n
     python benchmarks/throughput.py --model carat --set model.anchors=batch --precision bf16-mixed
     python benchmarks/throughput.py --model carat --extractors-only   # transformer-only ceiling
     python benchmarks/throughput.py --model carat --supcon dense      # the authors' N x N SupCon
+    python benchmarks/throughput.py --model lddu --supcon dense       # LDDU's release: N = 18B + 8192
     python benchmarks/throughput.py --json results.json               # every registered model
 
 Train step = forward + loss + backward + AdamW step + on_train_batch_end, on random tensors
@@ -86,9 +87,10 @@ def run_one(args) -> dict:
     torch.manual_seed(0)
     if args.supcon == "dense":  # the authors' N x N formulation, to measure what chunking saves
         import mmerkit.models.carat as carat
+        import mmerkit.models.lddu as lddu
         from mmerkit.models.losses import supcon_loss_dense
 
-        carat.supcon_loss = supcon_loss_dense
+        carat.supcon_loss = lddu.supcon_loss = supcon_loss_dense
     spec = DataSpec(LABELS, dict(SHAPE), True, {m: args.seq_len for m in SHAPE})
     model = create_model(args.model, spec, model_params(args.set))
     batch = make_batch(args.batch_size, args.seq_len)
@@ -157,7 +159,7 @@ def parse_args(argv=None):
     p.add_argument("--extractors-only", action="store_true",
                    help="time only the per-modality transformer extractors (CARAT-style models)")
     p.add_argument("--supcon", choices=["chunked", "dense"], default="chunked",
-                   help="CARAT's contrastive loss: ours, or the authors' dense N x N masks")
+                   help="CARAT's / LDDU's contrastive loss: ours, or the releases' dense N x N masks")
     p.add_argument("--json", default=None, help="write the result rows to this file")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -242,14 +242,15 @@ def test_authors_preset_is_train_sh():
     assert small.model["hidden_size"] == 64 and small.train.epochs == 12
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_packaged_recipe_learns_in_every_seed(tmp_path, seed):
-    """The packaged recipe, narrowed, beats every constant prediction on the easy data."""
+def test_the_packaged_recipe_learns(tmp_path):
+    """The packaged recipe (cdl_weight 0.1), narrowed, at lddu-small's lr, beats every constant
+    prediction on the easy data in seed 1 (the slowest of seeds 1-3 in the probe: test
+    micro-F1 0.574 / 0.687 / 0.583 against 0.486 for the best constant)."""
     from mmerkit import api
 
-    result = api.train("lddu", None, out=tmp_path, seeds=[seed], overrides=[
+    result = api.train("lddu", None, out=tmp_path, seeds=[1], overrides=[
         *EASY_DATA, "model.hidden_size=32", "model.num_heads=2", "model.intermediate_size=32",
         "model.latent_size=16", "model.layers={text: 1, visual: 1, audio: 1}", "model.moco_queue=512",
-        "model.dropout=0.1", "train.epochs=6", "train.batch_size=32", "optim.lr=1e-3",
+        "model.dropout=0.1", "train.epochs=12", "train.batch_size=32", "optim.lr=1e-3",
         "train.progress=false"])[0]
     assert_beats_every_constant(result.test_metrics)
