@@ -98,7 +98,8 @@ def test_d3_through_the_model_loss():
     mu, sigma, y, queue, queue_ids = d3_inputs()
     spec = DataSpec(MOSEI, {"visual": 3, "audio": 3, "text": 3}, True, {"visual": 4, "audio": 4, "text": 4})
     model = create_model("lddu", spec, {**LDDU.test_params, "latent_size": 2, "moco_queue": 20,
-                                        "final_weight": 0, "cml_weight": 0, "crl_weight": 0})
+                                        "final_weight": 0, "cml_weight": 0, "crl_weight": 0},
+                         preset="lddu-authors")
     model.queue.copy_(queue / math.sqrt(2))
     model.queue_labels.copy_(queue_ids)
     from mmerkit.models.base import ModelOutput
@@ -168,7 +169,7 @@ def test_d7_metrics_true_precision_and_recall():
 
 def test_d8_shapes_queue_pointer_and_deterministic_eval():
     torch.manual_seed(0)
-    model = create_model("lddu", AUTHORS_SPEC, {"moco_queue": 64})
+    model = create_model("lddu", AUTHORS_SPEC, {"moco_queue": 64}, preset="lddu-authors")
     batch = make_batch(b=2, t=50, spec=AUTHORS_SPEC)
     out = model.train()(batch)
     loss = model.loss(out, batch)
@@ -185,7 +186,7 @@ def test_d8_shapes_queue_pointer_and_deterministic_eval():
 
 def test_parameter_count_at_the_authors_sizes():
     """The release's 5,689,895 used parameters less its three unused BERT poolers (3 x 65,792)."""
-    model = create_model("lddu", AUTHORS_SPEC, {})
+    model = create_model("lddu", AUTHORS_SPEC, preset="lddu-authors")
     assert sum(p.numel() for p in model.parameters()) == 5_689_895 - 3 * 65_792
     assert model.queue.shape == (8192, 256)
     # the release's queue: unit columns, labels that are nobody's positive
@@ -230,9 +231,8 @@ def test_authors_preset_is_train_sh():
     cfg = load_config(None, config="lddu-authors")
     assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.warmup_proportion) == ("bertadam", 2e-4, 0.1)
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.seed) == (30, 64, 42)
-    m = cfg.model
-    assert (m.get("threshold"), m.get("queue_init")) == (0.21, "authors")
-    model = create_model("lddu", TINY_SPEC, {k: v for k, v in m.items() if k != "name"})
+    assert (cfg.model.get("threshold"), cfg.model.get("queue_init")) == (0.21, "authors")
+    model = create_model("lddu", TINY_SPEC, preset="lddu-authors")
     c = model.config
     assert (c.cml_weight, c.final_weight, c.cdl_weight, c.crl_weight) == (0.3, 1.0, 1.0, 0.3)
     assert (c.hidden_size, c.latent_size, c.moco_queue, c.temperature) == (256, 128, 8192, 0.07)
@@ -240,6 +240,7 @@ def test_authors_preset_is_train_sh():
     assert type(opt).__name__ == "BertAdam"
     small = load_config(None, config="lddu-small")
     assert small.model["hidden_size"] == 64 and small.train.epochs == 12
+    assert create_model("lddu", TINY_SPEC).config.cdl_weight == 0.1  # mmerkit's recipe
 
 
 def test_the_packaged_recipe_learns(tmp_path):

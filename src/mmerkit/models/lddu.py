@@ -254,6 +254,10 @@ class LDDU(MMERModel):
             self.queue.copy_(F.normalize(torch.randn(c.moco_queue, rows), dim=0) / math.sqrt(2.0))
             self.queue_labels.copy_(-2 - torch.arange(c.moco_queue))
 
+    def max_steps(self) -> dict[str, int | None]:
+        """Each encoder's position table: at least 60 rows (the release's), or the store's longest."""
+        return {m: enc.positions.num_embeddings for m, enc in self.encoders.items()}
+
     def param_groups(self, weight_decay: float) -> list[dict]:
         """The base rule (no decay on biases and gains), except that with `decay_input_norms`
         the input LayerNorms' gains are decayed, as the release's name-based rule does."""
