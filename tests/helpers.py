@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,27 @@ def assert_beats_every_constant(test_metrics: dict) -> None:
     f1 = {k: round(v, 3) for k, v in test_metrics.items() if k.startswith("f1/")}
     assert test_metrics["micro_f1"] > trivial + 0.05, (trivial, f1)
     assert sum(v > 0 for v in f1.values()) >= 3, f1
+
+
+def extracted_export(root: Path) -> Path:
+    """An export of a one-epoch late fusion on a store that `mmer extract` made from 8 generated
+    clips with the fake extractors (tests/fake_extractors.py, recogniser included): a model that
+    takes media, in milliseconds."""
+    from mmerkit import api
+    from mmerkit.extract.config import ExtractConfig
+    from mmerkit.extract.demo import write_clip
+
+    if str(Path(__file__).parent) not in sys.path:  # the fake extractors are a plugin module here
+        sys.path.insert(0, str(Path(__file__).parent))
+    rows = ["id,media,transcript,labels,split"]
+    splits = ["train"] * 4 + ["valid"] * 2 + ["test"] * 2
+    for k in range(8):
+        write_clip(root / f"c{k}.mp4", 1.2, colour=(30 * k, 200, 40), freq=140 + 60 * k)
+        rows.append(f"c{k},c{k}.mp4,clip {k} speaks,{'joy' if k % 2 else 'anger;sad'},{splits[k]}")
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    fake = ExtractConfig(text="fake_text", audio="fake_audio", visual="fake_visual", asr_model="fake_asr",
+                         plugins=["fake_extractors"])
+    api.extract(root / "m.csv", root / "store", config=fake)
+    [run] = api.train("late_fusion", root / "store", out=root / "runs", epochs=1,
+                      overrides=[*TINY, "train.progress=false", "train.batch_size=4"])
+    return run.run_dir / "export"

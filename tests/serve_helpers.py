@@ -203,3 +203,25 @@ def log_records(*names: str):
     finally:
         for lg in loggers:
             lg.removeHandler(handler)
+
+
+def chromium(*extra_args: str):
+    """A headless Chromium driven by Debian's chromedriver (Selenium), with `extra_args` on its
+    command line (e.g. fake capture devices); skips the test, saying why, where either is absent."""
+    import pytest
+
+    try:
+        from selenium import webdriver
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install 'mmerkit[browser-tests]')")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.skip("Chromium or chromedriver is not installed: apt-get install chromium chromium-driver "
+                    "(`make test` does it where it runs as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,860", "--disable-extensions", "--no-first-run", *extra_args):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))

@@ -9,7 +9,6 @@ cannot be installed (`make test` installs them with apt-get where it runs as roo
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install 'mmerkit[serve]'")
 httpx = pytest.importorskip("httpx", reason="the serve extra is not installed: pip install 'mmerkit[serve]'")
 
-from serve_helpers import fake_featurizer, media_export, running, train_export, write_clip  # noqa: E402
+from serve_helpers import chromium, fake_featurizer, media_export, running, train_export, write_clip  # noqa: E402
 
 from mmerkit.serve import ServeSettings, create_app  # noqa: E402
 
@@ -27,21 +26,7 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 
 def _chromium():
     """A headless Chromium driven by Debian's chromedriver; skips (saying why) where absent."""
-    try:
-        from selenium import webdriver
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install 'mmerkit[browser-tests]')")
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.skip("Chromium or chromedriver is not installed: apt-get install chromium chromium-driver "
-                    "(`make test` does it where it runs as root)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,860", "--disable-extensions", "--no-first-run"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    return chromium()
 
 
 @pytest.fixture(scope="module")

@@ -15,20 +15,15 @@ import torch
 
 pytest.importorskip("av", reason="PyAV writes and decodes the test clips: pip install 'mmerkit[media]'")
 
-from helpers import TINY  # noqa: E402
+from helpers import extracted_export  # noqa: E402
 
-from mmerkit import api  # noqa: E402
 from mmerkit.cli import main  # noqa: E402
-from mmerkit.extract.config import ExtractConfig  # noqa: E402
 from mmerkit.extract.decode import decode  # noqa: E402
-from mmerkit.extract.demo import write_clip, write_recording  # noqa: E402
+from mmerkit.extract.demo import write_recording  # noqa: E402
 from mmerkit.extract.timeline import decode_stream  # noqa: E402
 from mmerkit.predict import Predictor, Timeline  # noqa: E402
 
 torch.set_num_threads(1)
-TESTS = Path(__file__).parent
-FAKE = ExtractConfig(text="fake_text", audio="fake_audio", visual="fake_visual", asr_model="fake_asr",
-                     plugins=["fake_extractors"])
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -54,21 +49,7 @@ def dark_then_colour(switch: float):
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory) -> Path:
-    """An export of a one-epoch late fusion on a store `mmer extract` made with the fakes."""
-    import sys
-
-    sys.path.insert(0, str(TESTS))
-    d = tmp_path_factory.mktemp("timeline")
-    rows = ["id,media,transcript,labels,split"]
-    for k in range(8):
-        write_clip(d / f"c{k}.mp4", 1.2, colour=(30 * k, 200, 40), freq=140 + 60 * k)
-        split = ["train"] * 4 + ["valid"] * 2 + ["test"] * 2
-        rows.append(f"c{k},c{k}.mp4,clip {k} speaks,{'joy' if k % 2 else 'anger;sad'},{split[k]}")
-    (d / "m.csv").write_text("\n".join(rows) + "\n")
-    api.extract(d / "m.csv", d / "store", config=FAKE)
-    [run] = api.train("late_fusion", d / "store", out=d / "runs", epochs=1,
-                      overrides=[*TINY, "train.progress=false", "train.batch_size=4"])
-    return run.run_dir / "export"
+    return extracted_export(tmp_path_factory.mktemp("timeline"))
 
 
 @pytest.fixture()
@@ -213,3 +194,40 @@ def test_mediapipe_tracks_one_face_across_pieces():
         parts = [track(Clip(f"p{k}", None, 16000, frames[k * 5:(k + 1) * 5], 5.0, start=k * 1.0)) for k in range(2)]
     assert whole.mask.all() and all(p.mask.all() for p in parts)
     np.testing.assert_allclose(np.concatenate([p.values for p in parts]), whole.values, atol=1e-5)
+
+
+def write_webm(path: Path, seconds: float, video_codec: str) -> Path:
+    """A WebM as a browser's MediaRecorder writes it: VP8/VP9 + Opus, live (no duration)."""
+    import av
+
+    with av.open(str(path), "w", format="webm", options={"live": "1"}) as out:
+        vs = out.add_stream(video_codec, rate=10)
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        aus = out.add_stream("libopus", rate=48000)
+        aus.layout = "mono"
+        t = np.arange(960) / 48000
+        for k in range(int(seconds * 10)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (180, 20 * k % 256, 60), np.uint8), format="rgb24")
+            frame.pts = k
+            packets = list(vs.encode(frame))
+            for j in range(5):  # 5 Opus frames of 20 ms per video frame
+                n = k * 5 + j
+                wave = (0.3 * np.sin(2 * np.pi * 220 * (t + n * 0.02)))[None].astype(np.float32)
+                af = av.AudioFrame.from_ndarray(wave, format="flt", layout="mono")
+                af.sample_rate, af.pts = 48000, n * 960
+                packets += list(aus.encode(af))
+            for packet in packets:
+                out.mux(packet)
+        for packet in [*vs.encode(), *aus.encode()]:
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["libvpx", "libvpx-vp9"])
+def test_browser_webm_recordings_decode_and_give_a_timeline(export, tmp_path, codec):
+    path = write_webm(tmp_path / "live.webm", 5.0, codec)
+    pieces = list(decode_stream(path, fps=5, sample_rate=16000))
+    assert sum(len(p.audio) for p in pieces) == pytest.approx(5 * 16000, abs=1600)
+    assert sum(len(p.frames) for p in pieces) == pytest.approx(25, abs=1)
+    tl = Predictor.from_pretrained(export).predict_timeline(path, window=2, hop=2)
+    assert len(tl.starts) >= 2 and tl.missing[0] == [] and np.isfinite(tl.probs).all()

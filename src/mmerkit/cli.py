@@ -432,6 +432,8 @@ def serve(export: Path = typer.Argument(..., help="export directory (RUN/export)
                                            "(or set MMERKIT_SERVE_TOKEN)"),
           max_upload_mb: float | None = typer.Option(None, "--max-upload-mb", help="request size limit (50)"),
           max_media_seconds: float | None = typer.Option(None, "--max-media-seconds", help="clip length limit (120)"),
+          max_timeline_seconds: float | None = typer.Option(
+              None, "--max-timeline-seconds", help="recording length limit of /v1/timeline (3600)"),
           max_batch: int | None = typer.Option(None, "--max-batch", help="samples per model call (32)"),
           batch_window_ms: float | None = typer.Option(None, "--batch-window-ms", help="batching window (5)"),
           max_queue: int | None = typer.Option(None, "--max-queue", help="waiting requests before 503 (256)"),
@@ -453,7 +455,7 @@ def serve(export: Path = typer.Argument(..., help="export directory (RUN/export)
                                                           "allowed to call the API (repeatable; '*': any)")) -> None:
     """Serve an export over HTTP: POST /v1/predict, GET /v1/model, GET /healthz, a page at /."""
     api.serve(export, host=host, port=port, token=token, max_upload_mb=max_upload_mb,
-              max_media_seconds=max_media_seconds, max_batch=max_batch, batch_window_ms=batch_window_ms,
+              max_media_seconds=max_media_seconds, max_timeline_seconds=max_timeline_seconds, max_batch=max_batch, batch_window_ms=batch_window_ms,
               max_queue=max_queue, max_samples=max_samples, max_steps=max_steps,
               batching=False if no_batching else None, media_workers=workers,
               examples=str(examples) if examples else None, device=device, torch_threads=threads,

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmerkit.errors import ConfigError
@@ -45,6 +45,7 @@ from mmerkit.serve.media import (
 )
 from mmerkit.serve.model import ServedModel
 from mmerkit.serve.schemas import ERRORS, PredictResponse
+from mmerkit.serve.timeline import timeline_response
 from mmerkit.serve.settings import ServeSettings
 
 log = logging.getLogger("mmerkit.serve")
@@ -68,6 +69,15 @@ PREDICT_BODY = {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary",
                                                 "description": ".npz: <modality> (N,T,D), <modality>_len (N,), ids (N,)"}},
     },
+}
+
+
+TIMELINE_BODY = {
+    "required": True,
+    "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "a recording (video or audio)"},
+        "window": {"type": "number", "description": "window length in seconds (4)"},
+        "hop": {"type": "number", "description": "seconds between window starts (window / 2)"}}}}},
 }
 
 
@@ -136,6 +146,7 @@ class _State:
     def limits(self) -> dict[str, Any]:
         s = self.settings
         return {"max_upload_mb": s.max_upload_mb, "max_media_seconds": s.max_media_seconds,
+                "max_timeline_seconds": s.max_timeline_seconds,
                 "max_samples_per_request": s.max_samples, "max_transcript_chars": s.max_transcript_chars,
                 "batching": s.batching, "max_batch": s.max_batch, "batch_window_ms": s.batch_window_ms,
                 "max_queue": s.max_queue, "batches_mix_lengths": self.model.padding_invariant}
@@ -219,12 +230,23 @@ def _add_routes(app: FastAPI, state: _State) -> None:
     async def predict(request: Request) -> JSONResponse:
         """Emotions for features (JSON body or .npz) or for one clip (multipart field `file`)."""
         samples = await _samples_from_request(request, state)
-        try:
-            results = await state.batcher.submit(samples)
-        except QueueFull:
-            raise RequestError(503, "queue", "the model's queue is full", "retry in a moment",
-                               headers={"Retry-After": "1"}) from None
+        results = await _submit(state, samples)
         return JSONResponse({"predictions": results, "model": state.card["model"]["name"]})
+
+    @app.post("/v1/timeline", tags=["model"], openapi_extra={"requestBody": TIMELINE_BODY},
+              responses={200: {"content": {"application/x-ndjson": {}}}, **ERRORS})
+    async def timeline(request: Request) -> StreamingResponse:
+        """Emotions over time in one recording (multipart `file`, `window`, `hop` seconds): NDJSON,
+        one line per window as soon as it is predicted, then a `{"done": ...}` line."""
+        return await timeline_response(request, state)
+
+
+async def _submit(state: _State, samples: list[Sample]) -> list[dict[str, Any]]:
+    try:
+        return await state.batcher.submit(samples)
+    except QueueFull:
+        raise RequestError(503, "queue", "the model's queue is full", "retry in a moment",
+                           headers={"Retry-After": "1"}) from None
 
 
 async def _samples_from_request(request: Request, state: _State) -> list[Sample]:
@@ -273,8 +295,8 @@ async def _samples_from_upload(upload: Upload, state: _State, max_unpacked: int)
     return [_media_sample(feats, upload, info, state, used_transcript)]
 
 
-def _media_sample(feats: dict[str, np.ndarray], upload: Upload, info: dict[str, Any], state: _State,
-                  used_transcript: str | None) -> Sample:
+def media_steps(feats: dict[str, np.ndarray], state: _State) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """A clip's (or a timeline window's) features as the model takes them, and which were cut."""
     spec = state.model.input_spec
     trained = state.model.predictor.spec.max_len
     out, truncated = {}, {}
@@ -286,6 +308,13 @@ def _media_sample(feats: dict[str, np.ndarray], upload: Upload, info: dict[str, 
             truncated[m] = int(x.shape[0])
             x = x[:keep]
         out[m] = as_steps(x, f"file ({m} features)", m, spec)
+    return out, truncated
+
+
+def _media_sample(feats: dict[str, np.ndarray], upload: Upload, info: dict[str, Any], state: _State,
+                  used_transcript: str | None) -> Sample:
+    spec = state.model.input_spec
+    out, truncated = media_steps(feats, state)
     sample = Sample(upload.sample_id or "upload", out, source="media",
                     info={"media": {**info, **({"truncated_steps": truncated} if truncated else {})},
                           "transcript": used_transcript if used_transcript is not None else upload.transcript})

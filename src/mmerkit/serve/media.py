@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ log = logging.getLogger("mmerkit.serve")
 
 Featurizer = Callable[[str, "str | None", "dict[str, Any] | None"], "dict[str, np.ndarray]"]
 
-FORM_FIELDS = ("file", "transcript", "id")
+FORM_FIELDS = ("file", "transcript", "id", "window", "hop")
 
 
 # ----------------------------------------------------------------------------- content types
@@ -114,6 +114,7 @@ class Upload:
     size: int = 0
     transcript: str | None = None
     sample_id: str | None = None
+    numbers: dict[str, str] = field(default_factory=dict)  # window / hop (POST /v1/timeline), as sent
 
     def remove(self) -> None:
         if self.path is not None:
@@ -222,6 +223,8 @@ class _FormState:
             self.upload.transcript = text.strip() or None
         elif self.name == "id":
             self.upload.sample_id = text.strip()[:200] or None
+        else:  # window, hop: read by the route that takes them
+            self.upload.numbers[self.name or ""] = text.strip()[:40]
 
     def _close(self) -> None:
         if self.fd is not None:
@@ -341,6 +344,45 @@ def packet_seconds(path: Path, limit: float) -> float:
     return reach
 
 
+def timeline_job(path: str, config: dict[str, Any], kind: str, max_seconds: float, window: float, hop: float,
+                 out_dir: str) -> None:
+    """In a worker: check the recording, then write each window's features to `out_dir` as it
+    is cut (`NNNNNN.npz`, renamed into place when complete) for the event loop to pick up;
+    `info.json` once the file is accepted, `error.json` instead on any failure, `done` at the
+    end. A `cancel` file (the client went away) stops the job between windows."""
+    import json
+
+    from mmerkit.extract.featurize import featurizer
+    from mmerkit.extract.timeline import timeline_windows
+
+    out = Path(out_dir)
+
+    def put(name: str, text: str) -> None:
+        (out / f".{name}").write_text(text)
+        os.replace(out / f".{name}", out / name)
+
+    try:
+        info = _checked_media(Path(path), kind, max_seconds)
+        fz = featurizer(config)  # the export's meta: its extractors, checked against this machine's
+        put("info.json", json.dumps(info))
+        for k, w in enumerate(timeline_windows(fz, path, window=window, hop=hop)):
+            if (out / "cancel").exists():
+                return
+            arrays = {f"x_{m}": x for m, x in w.features.items()}
+            meta = json.dumps({"start": w.start, "end": w.end, "transcript": w.transcript, "missing": w.missing})
+            with open(out / f".{k:06d}.npz", "wb") as f:
+                np.savez(f, meta=np.array(meta), **arrays)
+            os.replace(out / f".{k:06d}.npz", out / f"{k:06d}.npz")
+    except RequestError as e:
+        put("error.json", json.dumps([e.status, e.field, e.message, e.fix]))
+        return
+    except Exception as e:  # noqa: BLE001 - reported to the client as one line, logged in full
+        err = _extraction_error(e, Path(path))
+        put("error.json", json.dumps([err.status, err.field, err.message, err.fix]))
+        return
+    put("done", "")
+
+
 def _ignore_interrupts() -> None:
     """Worker processes leave Ctrl+C to the server, which stops them (no traceback per worker)."""
     import signal
@@ -457,6 +499,32 @@ class MediaWorkers:
             raise RequestError(status, field, message, fix)
         _, feats, used, info = result
         return feats, used, info
+
+    async def run_job(self, call: tuple, what: str = "recordings") -> Any:
+        """Run `call` (a picklable function and its arguments) on a worker, with the same
+        bounded wait and crash handling as `extract`; returns its result."""
+        if self.closing:
+            raise _shutting_down()
+        if self.full():
+            raise RequestError(503, "file", f"{self.in_flight} {what} are being processed already",
+                               "retry in a few seconds", headers={"Retry-After": "2"})
+        self.in_flight += 1
+        try:
+            idle = self._ensure_started()
+            worker = await idle.get()
+            try:
+                return await asyncio.wrap_future(worker.submit(*call))
+            except BrokenProcessPool:
+                if self.closing:
+                    raise _shutting_down() from None
+                worker = self._replace(worker)
+                raise RequestError(422, "file", "made the feature extractor crash", "check that the file plays "
+                                   "in a media player; re-encode it (e.g. to mp4/h264)") from None
+            finally:
+                if not self.closing:
+                    idle.put_nowait(worker)
+        finally:
+            self.in_flight -= 1
 
     def _replace(self, broken: Worker) -> Worker:
         broken.stop()

@@ -23,6 +23,7 @@ class ServeSettings(BaseModel):
     token: str | None = None  # bearer token; None: read MMERKIT_SERVE_TOKEN, else no auth
     max_upload_mb: float = Field(50.0, gt=0)  # request body limit -> 413
     max_media_seconds: float = Field(120.0, gt=0)  # longer clips -> 422
+    max_timeline_seconds: float = Field(3600.0, gt=0)  # longer recordings on /v1/timeline -> 422
     max_samples: int = Field(64, ge=1)  # samples in one feature request
     max_steps: int = Field(1000, ge=1)  # time steps per modality and sample (also the model's own cap)
     max_transcript_chars: int = Field(20_000, ge=1)
