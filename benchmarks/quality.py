@@ -9,6 +9,9 @@ threshold on validation, test evaluated once), plus the pooled-feature logistic 
     python benchmarks/quality.py --only carat --set optim.lr=1e-4 --tag lr1e-4
     python benchmarks/quality.py --table old/quality.json runs/quality/quality.json   # one table
     python benchmarks/quality.py --table a/quality.json b/quality.json --only carat tailor
+    python benchmarks/quality.py --suite --out runs/full-width            # the full-width suite (GPU)
+    python benchmarks/quality.py --suite --plan                          # its steps and time estimate
+    python benchmarks/quality.py --suite --tiny --out /tmp/suite         # the same at test size, CPU
     python benchmarks/quality.py --tuned --trials 8 --epochs 6 --only carat late_fusion-w64 tailor mult
 
 `--tuned` compares each entry's packaged recipe with what `mmer tune` finds at an equal budget:
@@ -87,9 +90,23 @@ ENTRIES: dict[str, tuple[str, str | None, list[str]]] = {
     "amp-authors": ("amp", "amp-authors", []),
     "univa-default": ("univa", None, []),
     "univa-authors": ("univa", "univa-authors", []),
+    "lddu-default": ("lddu", None, []),
+    "lddu-authors": ("lddu", "lddu-authors", []),
+    "carat-authors": ("carat", "carat-authors", []),
+    "ramer-authors": ("ramer", "ramer-authors", []),
     "carat-noise05": ("carat", "carat-small", ["data.synthetic.label_noise=0.05"]),
     "carat-no-cl-noise05": ("carat", "carat-small", ["data.synthetic.label_noise=0.05", "model.cl_weight=0"]),
 }
+# The full-width suite (README, "Full-width suite"): every neural model at mmerkit's recipe at
+# its packaged (the authors') width, and at the authors' whole recipe where a preset holds it,
+# seeds 1 2 3; plus the contrastive terms of CARAT and LDDU against the releases' dense form.
+SUITE = ["carat-default", "carat-authors", "ramer-default", "ramer-authors", "tailor-default",
+         "tailor-authors", "amp-default", "amp-authors", "univa-default", "univa-authors",
+         "lddu-default", "lddu-authors", "early_fusion-default", "late_fusion-default", "mult-default"]
+SUITE_THROUGHPUT = [("carat", "chunked"), ("carat", "dense"), ("lddu", "chunked"), ("lddu", "dense")]
+# --tiny: the same entries and code paths at each model's registry test size (test_params), on
+# 60 samples of 8 steps, one epoch, one seed: what CI runs on CPU (tests/test_quality_table.py)
+TINY_DATA = ["data.synthetic.samples=60", "data.synthetic.seq_len=8", "train.batch_size=16"]
 REPORTED = ("micro_f1", "accuracy", "macro_f1", "hamming_loss")
 
 
@@ -254,7 +271,67 @@ def tuned_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def tiny_overrides(model: str) -> list[str]:
+    """`--set` strings that shrink `model` to its registry test size (JSON is YAML)."""
+    from mmerkit.models.base import model_class
+
+    return [f"model.{k}={json.dumps(v)}" for k, v in model_class(model).test_params.items()]
+
+
+def suite_plan(seeds: list[int]) -> list[dict]:
+    """Optimiser steps of every suite entry, from its resolved config and the embedded data's
+    train split, for the time estimate (`--suite --plan`)."""
+    import math
+
+    from mmerkit.config import load_config
+    from mmerkit.data.synthetic import SynthConfig
+
+    synth = SynthConfig()
+    train = int(synth.samples * synth.split[0])
+    rows = []
+    for name in SUITE:
+        model, preset, sets = ENTRIES[name]
+        cfg = load_config(model, config=preset, overrides=sets)
+        per_epoch = (train // cfg.train.batch_size if cfg.train.drop_last
+                     else math.ceil(train / cfg.train.batch_size))
+        rows.append({"entry": name, "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size,
+                     "steps": cfg.train.epochs * per_epoch * len(seeds)})
+    return rows
+
+
+def run_throughput(out: Path, tiny: bool, device: str) -> list[dict]:
+    """SUITE_THROUGHPUT through benchmarks/throughput.py (each in its own process)."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).with_name("throughput.py")
+    rows = []
+    for model, supcon in SUITE_THROUGHPUT:
+        target = out / f"throughput-{model}-{supcon}.json"
+        size = (["--batch-size", "4", "--seq-len", "8", "--steps", "1", "--warmup", "0",
+                 *[a for s in tiny_overrides(model) for a in ("--set", s)]] if tiny
+                else ["--batch-size", "64", "--steps", "20", "--warmup", "3"])
+        subprocess.run([sys.executable, str(bench), "--model", model, "--supcon", supcon, "--device", device,
+                        *size, "--json", str(target)], check=True, capture_output=True, text=True)
+        rows += json.loads(target.read_text())
+    return rows
+
+
+def run_suite(out: Path, seeds: list[int], tiny: bool, device: str) -> None:
+    """Every SUITE entry (OUT/quality.json, the file `--table` reads) and the throughput rows
+    (OUT/throughput.json)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in SUITE:
+        extra = [*TINY_DATA, *tiny_overrides(ENTRIES[name][0])] if tiny else []
+        rows.append(run_entry(name, seeds, out, extra, 1 if tiny else None))
+        (out / "quality.json").write_text(json.dumps(rows, indent=2))
+        print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    (out / "throughput.json").write_text(json.dumps(run_throughput(out, tiny, device), indent=2))
+    print(comparison_table([out / "quality.json"]))
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=[*ENTRIES, "pooled_logreg"], help="entries to run")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
@@ -263,28 +340,30 @@ def main() -> None:
     p.add_argument("--tag", default="", help="suffix of the output folder, to keep variants apart")
     p.add_argument("--out", type=Path, default=Path("runs/quality"))
     p.add_argument("--table", nargs="+", type=Path, help="print one table from saved quality.json files")
-    p.add_argument("--tuned", action="store_true", help="packaged recipe vs `mmer tune` at an equal budget")
-    p.add_argument("--trials", type=int, default=8, help="trials per entry (--tuned)")
-    p.add_argument("--workers", type=int, default=1, help="trial processes (--tuned)")
-    args = p.parse_args()
+    p.add_argument("--suite", action="store_true", help="the full-width suite (SUITE, SUITE_THROUGHPUT)")
+    p.add_argument("--tiny", action="store_true", help="with --suite: every entry at test size, 1 epoch, 1 seed")
+    p.add_argument("--plan", action="store_true", help="with --suite: print each entry's steps and the estimate")
+    p.add_argument("--ms-per-step", type=float, default=60.0, help="--plan's assumed time of one step")
+    p.add_argument("--device", default="cuda", help="--suite's throughput device (training uses the engine's)")
+    args = p.parse_args(argv)
     if args.table:
         missing = [str(f) for f in args.table if not f.is_file()]
         if missing:
             p.error(f"--table: no such file {missing[0]} (pass quality.json files written by this script)")
         print(comparison_table(args.table, args.only))
         return
-    out = args.out / args.tag if args.tag else args.out
-    if args.tuned:
-        if not args.only or "pooled_logreg" in args.only:
-            p.error("--tuned: name the entries to tune with --only (pooled_logreg has nothing to tune)")
-        rows = []
-        for name in args.only:
-            rows.append(run_tuned(name, args.seeds, out, args.set, args.epochs, args.trials, args.workers))
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "tuned.json").write_text(json.dumps(rows, indent=2, default=str))
-            print(tuned_markdown(rows[-1:]).splitlines()[-1], flush=True)
-        print(tuned_markdown(rows))
+    if args.suite and args.plan:
+        plan = suite_plan(args.seeds)
+        for row in plan:
+            print(f"{row['entry']:22s} {row['epochs']:3d} epochs x batch {row['batch_size']:3d}: {row['steps']:6d} steps")
+        total = sum(r["steps"] for r in plan)
+        print(f"{total} steps; at {args.ms_per_step:.0f} ms a step about {total * args.ms_per_step / 3.6e6:.1f} h")
         return
+    if args.suite:
+        seeds = args.seeds[:1] if args.tiny else args.seeds
+        run_suite(args.out, seeds, args.tiny, "cpu" if args.tiny else args.device)
+        return
+    out = args.out / args.tag if args.tag else args.out
     names = args.only or [*ENTRIES, "pooled_logreg"]
     rows = []
     for name in names:

@@ -61,7 +61,8 @@ class ExtractorsOnly:
         import torch
 
         self.model = model
-        self.head = torch.nn.Linear(model.config.hidden_size * len(SHAPE), len(LABELS))
+        self.head = torch.nn.Linear(model.config.hidden_size * len(SHAPE), len(LABELS)).to(
+            next(model.parameters()).device)
 
     def parameters(self):
         return [*self.model.norms.parameters(), *self.model.extractors.parameters(),
@@ -92,11 +93,12 @@ def run_one(args) -> dict:
 
         carat.supcon_loss = lddu.supcon_loss = supcon_loss_dense
     spec = DataSpec(LABELS, dict(SHAPE), True, {m: args.seq_len for m in SHAPE})
-    model = create_model(args.model, spec, model_params(args.set))
-    batch = make_batch(args.batch_size, args.seq_len)
+    device = torch.device(args.device)
+    model = create_model(args.model, spec, model_params(args.set)).to(device)
+    batch = make_batch(args.batch_size, args.seq_len).to(device)
     def gather(t):
         return t
-    amp = (torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16-mixed"
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16-mixed"
            else contextlib.nullcontext())
     ext = ExtractorsOnly(model) if args.extractors_only else None
     params = ext.parameters() if ext else [p for p in model.parameters() if p.requires_grad]
@@ -125,12 +127,18 @@ def run_one(args) -> dict:
             else:
                 model(batch)
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     def timed(fn, steps, warmup):
         for _ in range(warmup):
             fn()
+        sync()
         t0 = time.perf_counter()
         for _ in range(steps):
             fn()
+        sync()
         return args.batch_size * steps / (time.perf_counter() - t0)
 
     train = timed(train_step, args.steps, args.warmup)
@@ -142,7 +150,9 @@ def run_one(args) -> dict:
             "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
             "peak_rss_after_train_gib": round(rss_train, 3), "precision": args.precision,
             "threads": args.threads, "batch_size": args.batch_size, "seq_len": args.seq_len,
-            "steps": args.steps, "overrides": list(args.set),
+            "steps": args.steps, "overrides": list(args.set), "device": args.device,
+            "peak_device_gib": (round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+                                if device.type == "cuda" else None),
             "parameters": sum(p.numel() for p in params)}
 
 
@@ -160,6 +170,7 @@ def parse_args(argv=None):
                    help="time only the per-modality transformer extractors (CARAT-style models)")
     p.add_argument("--supcon", choices=["chunked", "dense"], default="chunked",
                    help="CARAT's / LDDU's contrastive loss: ours, or the releases' dense N x N masks")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (peak GPU memory is reported)")
     p.add_argument("--json", default=None, help="write the result rows to this file")
     p.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -169,7 +180,8 @@ def child_argv(args, model: str) -> list[str]:
     argv = [sys.executable, os.path.abspath(__file__), "--_child", "--model", model,
             "--steps", str(args.steps), "--warmup", str(args.warmup),
             "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-            "--precision", args.precision, "--threads", str(args.threads), "--supcon", args.supcon]
+            "--precision", args.precision, "--threads", str(args.threads), "--supcon", args.supcon,
+            "--device", args.device]
     for s in args.set:
         argv += ["--set", s]
     return argv + (["--extractors-only"] if args.extractors_only else [])

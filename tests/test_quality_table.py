@@ -44,3 +44,18 @@ def test_table_from_both_formats_later_files_win(quality, tmp_path):
     assert row_a.startswith(f"| a | {mean:.3f} ± {std:.3f} |") and row_a.endswith("| 2 | 1 |")
     assert row_b.startswith("| b | 0.600 ± 0.010 |") and row_b.endswith("| 3 | 0 |")  # new.json's b
     assert quality.comparison_table([old, new], only=["b"]).count("\n") == 2  # header, rule, b
+
+
+def test_full_width_suite_tiny_runs_every_entry_and_writes_what_the_table_reads(quality, tmp_path):
+    """`quality.py --suite --tiny`: every suite entry at its registry test size (one epoch, one
+    seed) and the contrastive-loss throughput rows, into the files the README table reads."""
+    quality.main(["--suite", "--tiny", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "quality.json").read_text())
+    assert [r["entry"] for r in rows] == quality.SUITE
+    assert all(len(r["per_seed"]) == 1 and 0 <= r["micro_f1"]["mean"] <= 1 for r in rows)
+    speed = json.loads((tmp_path / "throughput.json").read_text())
+    assert [r["model"] for r in speed] == ["carat", "carat (dense SupCon)", "lddu", "lddu (dense SupCon)"]
+    table = quality.comparison_table([tmp_path / "quality.json"]).splitlines()
+    assert len(table) == 2 + len(quality.SUITE)
+    plan = quality.suite_plan([1, 2, 3])
+    assert [p["entry"] for p in plan] == quality.SUITE and all(p["steps"] > 0 for p in plan)
