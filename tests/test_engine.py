@@ -198,10 +198,32 @@ def test_train_takes_a_config_object_or_dict_and_returns_typed_runs(tmp_path):
 
 def test_fsdp_is_not_offered(tmp_path):
     """Fabric's FSDP needs GPUs and is untested here: refused before anything is written."""
-    from mmerkit.engine import STRATEGIES
-
-    assert STRATEGIES == ("auto", "ddp")
     with pytest.raises(ConfigError, match=r"train.strategy.*'auto' or 'ddp'"):
         api.train("early_fusion", toy_store(tmp_path / "s").path, out=tmp_path / "runs", epochs=1,
                   overrides=TINY, progress=False, strategy="fsdp")
     assert not (tmp_path / "runs").exists()
+
+
+def test_one_export_class_opens_runs_and_exports(trained, tmp_path):
+    """`Export` is the one way in: a run directory and its export/ open the same export; the
+    model is built once; thresholds are saved atomically and read back by Predictor; the card's
+    run records come through `Run`; a copied export has no run."""
+    import shutil
+
+    from mmerkit.export import Export, export_dir_of
+
+    store, res = trained
+    a, b = Export(res.run_dir), Export(res.run_dir / "export")
+    assert a.path == b.path == export_dir_of(res.run_dir) == res.run_dir / "export"
+    assert a.model() is a.model() and a.model().name == "early_fusion" and a.labels == store.labels
+    with pytest.raises(CheckpointError, match="belongs to model 'early_fusion'"):
+        a.model("carat")
+    records = a.run_records()
+    assert records["test"]["micro_f1"] == res.test_metrics["micro_f1"] and records["env"]["seed"] == 1
+    copy = tmp_path / "copied"
+    shutil.copytree(res.run_dir / "export", copy)
+    exp = Export(copy)
+    assert exp.run is None and exp.run_records() == {"env": {}, "test": None, "valid": None}
+    exp.save_threshold([0.1, 0.2, 0.3, 0.4][: len(exp.labels)])
+    assert Predictor.from_pretrained(copy).threshold == [0.1, 0.2, 0.3, 0.4][: len(exp.labels)]
+    assert api.saved_threshold(copy)["threshold"] == Export(copy).threshold

@@ -28,13 +28,12 @@ from mmerkit.extract.base import (
     MediaError,
     ModelFileError,
     Word,
-    create_extractor,
     feature_identity,
     filtered_native_stderr,
     frame_times,
-    list_extractors,
     verify_sha256,
 )
+from mmerkit.extract.catalogue import create_extractor, list_extractors
 
 av = pytest.importorskip("av", reason="PyAV is in the media extra: pip install 'mmerkit[media]'")
 

@@ -351,3 +351,16 @@ def test_float32_probs_are_compared_in_float32():
     assert binarize(probs32.to(torch.bfloat16), 0.9).tolist() == [[0], [0]]
     y_true = np.array([[0], [1]])
     assert search_threshold(y_true, probs32, grid=[0.3, 0.25]) == 0.3
+
+
+def test_metrics_at_records_the_threshold_as_one_number():
+    """The one threshold-and-metrics step (training's final evaluation and `evaluate`)."""
+    from mmerkit.metrics import binarize, compute_metrics, metrics_at
+
+    rng = np.random.default_rng(0)
+    y, p = (rng.random((40, 3)) < 0.4).astype(np.uint8), rng.random((40, 3))
+    per_label = [0.2, 0.5, 0.7]
+    got = metrics_at(y, p, per_label)
+    assert got["threshold"] == pytest.approx(np.mean(per_label))
+    assert got["micro_f1"] == compute_metrics(y, binarize(p, np.asarray(per_label)))["micro_f1"]
+    assert metrics_at(y, p, 0.3)["threshold"] == 0.3

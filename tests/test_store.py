@@ -136,3 +136,18 @@ def test_unknown_split_suggests(tmp_path):
     store = toy_store(tmp_path / "s")
     with pytest.raises(DataError, match="Did you mean 'valid'"):
         store.split("vaild")
+
+
+def test_pad_ragged_pads_cuts_and_keeps_a_time_axis():
+    """The one ragged-padding helper (converters, extraction, media prediction, the server)."""
+    from mmerkit.data.padding import pad_ragged
+
+    seqs = [np.arange(6, dtype=np.float64).reshape(3, 2), np.zeros((0, 2)), np.ones((1, 2))]
+    x, lens = pad_ragged(seqs, 2)
+    assert x.dtype == np.float32 and x.shape == (3, 3, 2) and lens.tolist() == [3, 0, 1]
+    assert np.array_equal(x[0], seqs[0]) and not x[1].any() and x[2, 0].tolist() == [1, 1] and not x[2, 1:].any()
+    x, lens = pad_ragged(seqs, 2, max_len=2)
+    assert x.shape == (3, 2, 2) and lens.tolist() == [2, 0, 1] and np.array_equal(x[0], seqs[0][:2])
+    assert pad_ragged([np.zeros((0, 4))], 4)[0].shape == (1, 1, 4)  # empty: still one step
+    assert pad_ragged([np.zeros((0, 4))], 4, min_steps=0)[0].shape == (1, 0, 4)
+    assert pad_ragged([], 4)[0].shape == (0, 1, 4)

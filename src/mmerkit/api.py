@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import numpy as np
-
 from mmerkit.config import RunConfig, check_threshold, load_config
 from mmerkit.data.store import FeatureStore
 from mmerkit.errors import (
@@ -396,27 +394,22 @@ class LoadedRun(NamedTuple):
 
 def load_run(run_dir: str | Path) -> LoadedRun:
     """The config, the exported model, the export meta and env.json of a finished run directory."""
-    from mmerkit.checkpoint import check_compatible, load_state_into, read_export
-    from mmerkit.data.store import DataSpec
-    from mmerkit.models.base import create_model
+    from mmerkit.export import Export
     from mmerkit.run import Run
 
     run = Run(run_dir)
     cfg = run.read_config()
-    meta, state = read_export(run.export_dir)
-    check_compatible(meta, cfg.model_name, None, run.export_dir)
-    model = create_model(cfg.model_name, DataSpec.from_dict(meta["spec"]), cfg.model)
-    load_state_into(model, state, run.export_dir / "model.safetensors")
-    return LoadedRun(cfg, model, meta, run.read_env())
+    export = Export(run.export_dir)
+    return LoadedRun(cfg, export.model(cfg.model_name, cfg.model), export.meta, run.read_env())
 
 
 def saved_threshold(run: str | Path) -> dict[str, Any]:
     """The threshold(s) an export holds (what `evaluate(save_threshold=True)` stored):
     {"export": config.json path, "labels": [...], "threshold": float or one per label}."""
-    run = Path(run)
-    export = run / "config.json" if (run / "config.json").exists() else run / "export" / "config.json"
-    meta = json.loads(export.read_text())
-    return {"export": export, "labels": list(meta.get("labels", [])), "threshold": meta["threshold"]}
+    from mmerkit.export import Export
+
+    export = Export(run)
+    return {"export": export.config_path, "labels": export.labels, "threshold": export.threshold}
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "test",
@@ -428,8 +421,8 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     and `mmer predict` use it from then on.
     """
     from mmerkit.checkpoint import check_compatible
-    from mmerkit.engine import Engine, choose_threshold
-    from mmerkit.metrics import binarize, compute_metrics
+    from mmerkit.engine import Engine
+    from mmerkit.metrics import choose_threshold, metrics_at
     from mmerkit.run import Run
 
     cfg, model, meta, env = load_run(run_dir)
@@ -449,21 +442,12 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str = "
     else:
         thr = check_threshold(threshold)
     res = engine.predict_split(model, store, split, drop_modality=drop_modality)
-    metrics = compute_metrics(res.labels, binarize(res.probs, np.asarray(thr)), store.labels)
-    metrics["threshold"] = thr if isinstance(thr, float) else float(np.mean(thr))
+    metrics = metrics_at(res.labels, res.probs, thr, store.labels)
     if save_threshold:
-        _save_export_threshold(Path(run_dir) / "export", thr)
+        from mmerkit.export import Export
+
+        Export(Path(run_dir) / "export").save_threshold(thr)
     return metrics
-
-
-def _save_export_threshold(export_dir: Path, threshold: float | list[float]) -> None:
-    from mmerkit.checkpoint import atomic_write_text
-
-    path = export_dir / "config.json"
-    meta = json.loads(path.read_text())
-    meta["threshold"] = [float(t) for t in threshold] if isinstance(threshold, (list, np.ndarray)) \
-        else float(threshold)
-    atomic_write_text(path, json.dumps(meta, indent=2))
 
 
 def predict(export_dir: str | Path, inputs: str | Path | None = None, split: str = "test",

@@ -26,36 +26,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmerkit.errors import CheckpointError
+from mmerkit.files import atomic_write_bytes, atomic_write_text, file_mode  # noqa: F401  (public here too)
 
 EXPORT_FORMAT = "mmerkit-export/1"
 CKPT_FORMAT = "mmerkit-ckpt/1"
-
-
-def file_mode() -> int:
-    """The mode a plain `open()` would give a new file under the current umask."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp makes it 0600; run files follow the umask like any file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def _keep_as_previous(path: Path) -> None:

@@ -51,13 +51,14 @@ from mmerkit.config import RunConfig, TrainConfig
 from mmerkit.data.batch import Batch, StoreDataset, collate
 from mmerkit.data.store import FeatureStore
 from mmerkit.errors import ConfigError, DataError, TrainingDiverged, TrainingInterrupted
-from mmerkit.metrics import (
+from mmerkit.metrics import (  # noqa: F401  (choose_threshold: public here too)
     HIGHER_IS_BETTER,
     binarize,
+    choose_threshold,
     compute_metrics,
     degenerate_notes,
     format_metrics,
-    search_threshold,
+    metrics_at,
 )
 from mmerkit.models.base import MMERModel, SplitData, all_finite
 from mmerkit.optim import build_optimizer, lr_lambda
@@ -66,22 +67,15 @@ from mmerkit.run import Run, RunResult, environment
 
 # ----------------------------------------------------------------------------- devices
 
-# Strategies offered: Fabric's FSDP refuses CPU devices ("FSDP is only available on GPU",
-# lightning-fabric 2.6) so it cannot be tested on the CPU CI; it is refused until it is tested.
-STRATEGIES = ("auto", "ddp")
-
-
 def build_fabric(t: TrainConfig, launch: bool = True) -> Fabric:
     """The one place a Fabric is made: devices checked, torchrun detected, processes launched.
 
     Under torchrun without `devices` set, one device per process torchrun started is used.
-    More devices than the machine has, or an unknown strategy, is a ConfigError raised before
-    any process is started or any file written.
+    More devices than the machine has is a ConfigError raised before any process is started or
+    any file written (an unknown strategy never gets here: TrainConfig.strategy offers auto and
+    ddp only, docs/architecture.md says why not FSDP).
     """
     devices, num_nodes = t.devices, t.num_nodes
-    if str(t.strategy) not in STRATEGIES:
-        raise ConfigError(f"train.strategy={t.strategy!r} (CLI: --strategy) is not offered; use one of "
-                          f"{', '.join(STRATEGIES)} (fsdp needs GPUs and is not tested yet)")
     local_world = os.environ.get("LOCAL_WORLD_SIZE")
     if local_world and "devices" not in t.model_fields_set:
         devices = int(local_world)
@@ -512,12 +506,12 @@ class Engine:
         model.load_state_dict(state.best_weights)
         valid = self.predict_split(model, store, "valid")
         threshold = choose_threshold(t.threshold, model.threshold, valid.labels, valid.probs)
-        valid.metrics = compute_metrics(valid.labels, binarize(valid.probs, np.asarray(threshold)), store.labels)
+        valid.metrics = metrics_at(valid.labels, valid.probs, threshold, store.labels)
         if not self.evaluate_test:
             return self._finish_without_test(run, valid.metrics, state, threshold)
-        test = self.evaluate(model, store, "test", np.asarray(threshold))
-        test_metrics = {**test.metrics, "best_epoch": state.best_epoch, "seed": t.seed,
-                        "threshold": threshold if isinstance(threshold, float) else float(np.mean(threshold))}
+        test = self.predict_split(model, store, "test")
+        test.metrics = metrics_at(test.labels, test.probs, threshold, store.labels)
+        test_metrics = {**test.metrics, "best_epoch": state.best_epoch, "seed": t.seed}
         notes = degenerate_notes({name: binarize(res.probs, np.asarray(threshold))
                                   for name, res in (("valid", valid), ("test", test))}, store.labels)
         if run is not None and self.is_main:
@@ -620,17 +614,6 @@ class _TrainState:
     @classmethod
     def from_dict(cls, d: dict) -> _TrainState:
         return cls(**d)
-
-
-def choose_threshold(mode, default: float, labels: np.ndarray, probs: np.ndarray):
-    """The prediction threshold, chosen on VALIDATION data only: a float or a per-label list."""
-    if mode == "default":
-        return float(default)
-    if mode == "search":
-        return float(search_threshold(labels, probs, mode="global"))
-    if mode == "per-label":
-        return [float(x) for x in search_threshold(labels, probs, mode="per-label")]
-    return float(mode)
 
 
 def export_meta(cfg: RunConfig, model: MMERModel, store: FeatureStore, threshold) -> dict:

@@ -376,6 +376,29 @@ def _check_grid(grid: Sequence[float] | np.ndarray | None) -> np.ndarray:
     return g
 
 
+def choose_threshold(mode, default: float, labels: np.ndarray, probs: np.ndarray):
+    """The prediction threshold, chosen on VALIDATION data only: a float or a per-label list.
+    `mode` is "default" (the model's own), "search" (one global), "per-label", or a number."""
+    if mode == "default":
+        return float(default)
+    if mode == "search":
+        return float(search_threshold(labels, probs, mode="global"))
+    if mode == "per-label":
+        return [float(x) for x in search_threshold(labels, probs, mode="per-label")]
+    return float(mode)
+
+
+def metrics_at(labels: Any, probs: Any, threshold: float | Sequence[float] | np.ndarray,
+               label_names: Sequence[Any] | None = None) -> dict[str, float]:
+    """Every metric of `probs` cut at `threshold` (a float or one per label), with the threshold
+    recorded as one number ("threshold": itself, or the mean of per-label ones). The one
+    threshold-and-metrics step of training's final evaluation and of `evaluate`."""
+    t = np.asarray(threshold, dtype=np.float64)
+    metrics = compute_metrics(labels, binarize(probs, t), label_names)
+    metrics["threshold"] = float(t) if t.ndim == 0 else float(np.mean(t))
+    return metrics
+
+
 def format_metrics(
     m: dict[str, float],
     keys: Sequence[str] = (

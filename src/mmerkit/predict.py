@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmerkit.checkpoint import load_state_into, read_export
 from mmerkit.data.batch import Batch, StoreDataset, collate
 from mmerkit.data.store import DataSpec, FeatureStore
 from mmerkit.errors import ConfigError, DataError
+from mmerkit.export import Export
 from mmerkit.metrics import binarize
-from mmerkit.models.base import MMERModel, create_model
+from mmerkit.models.base import Gather, MMERModel
 
 
 @dataclass
@@ -191,7 +191,6 @@ class Forward:
     features: dict[str, np.ndarray] = field(default_factory=dict)  # with keep "features"
 
 
-Gather = Callable[[Tensor], Tensor]
 
 
 @torch.no_grad()
@@ -313,14 +312,8 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, export_dir: str | Path, device: str = "cpu") -> Predictor:
         """Load an export directory, or a run directory (its `export/`), as `mmer predict` does."""
-        export_dir = Path(export_dir)
-        if not (export_dir / "config.json").exists() and (export_dir / "export" / "config.json").exists():
-            export_dir = export_dir / "export"
-        meta, state = read_export(export_dir)
-        params = {k: v for k, v in meta["model"].items() if k != "name"}
-        model = create_model(meta["model_name"], DataSpec.from_dict(meta["spec"]), params)
-        load_state_into(model, state, export_dir / "model.safetensors")
-        return cls(model, meta, device)
+        export = Export(export_dir)
+        return cls(export.model(), export.meta, device)
 
     # -- inputs
     def _check_store(self, store: FeatureStore) -> None:
@@ -334,7 +327,7 @@ class Predictor:
                                              f"dims differ ({', '.join(dims)})" if dims else ""]))
             raise DataError(f"{store.path} does not match the model's inputs ({detail}); the model expects "
                             f"{want}. Convert the data with the same features as the training store.")
-        from mmerkit.extract.media_predict import check_same_extractors
+        from mmerkit.extract.identity import check_same_extractors
 
         # same shapes are not the same features: stores from `mmer extract` name their extractors
         check_same_extractors(self.meta.get("extractors"), store.meta.get("extractors"),

@@ -215,6 +215,9 @@ class Run:
     def read_test_metrics(self) -> dict[str, Any] | None:
         return json.loads(self.test_metrics_path.read_text()) if self.finished else None
 
+    def read_valid_metrics(self) -> dict[str, Any] | None:
+        return json.loads(self.valid_metrics_path.read_text()) if self.valid_metrics_path.exists() else None
+
     def read_warnings(self) -> list[str]:
         """What training found degenerate in this run's result (empty for runs before warnings.json)."""
         path = self.path / WARNINGS

@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mmerkit.data.converters import register_converter
+from mmerkit.data.padding import pad_ragged
 from mmerkit.data.store import FeatureStore, NanPolicy, SplitArrays, write_store
 from mmerkit.errors import DataError
 
@@ -381,11 +382,7 @@ def _to_split(split: str, r: dict, dims: dict[str, int]) -> SplitArrays:
                         "name the videos of these .csd files")
     feats, lens = {}, {}
     for m, dim in dims.items():
-        ln = np.array([len(x) for x in r[m]], np.int64)
-        arr = np.zeros((len(ln), max(int(ln.max()), 1), dim), np.float32)
-        for i, x in enumerate(r[m]):
-            arr[i, : len(x)] = x
-        feats[m], lens[m] = arr, ln
+        feats[m], lens[m] = pad_ragged(r[m], dim)
     return SplitArrays(features=feats, labels=np.stack(r["y"]), lengths=lens, ids=r["ids"])
 
 

@@ -56,6 +56,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mmerkit.data.converters import register_converter
+from mmerkit.data.padding import pad_ragged
 from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, NanPolicy, SplitArrays, write_store
 from mmerkit.errors import DataError
 
@@ -273,14 +274,6 @@ def _same_character(s: Any, char: int) -> bool:
     return str(s).strip().isdigit() and int(s) == char
 
 
-def _pad(seqs: list[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    lens = np.array([len(s) for s in seqs], np.int64)
-    x = np.zeros((len(seqs), max(int(lens.max()), 1), dim), np.float32)
-    for i, s in enumerate(seqs):
-        x[i, : len(s)] = s
-    return x, lens
-
-
 def _split_arrays(keys, groups, data, vecs, mode, n_labels, personality, characters) -> SplitArrays:
     seqs: dict[str, list[np.ndarray]] = {m: [] for m in vecs}
     y = np.zeros((len(keys), n_labels), np.uint8)
@@ -290,7 +283,7 @@ def _split_arrays(keys, groups, data, vecs, mode, n_labels, personality, charact
         y[i, sorted(groups[(clip, char)])] = 1
     feats, lens = {}, {}
     for m, ss in seqs.items():
-        feats[m], lens[m] = _pad(ss, vecs[m].dim)
+        feats[m], lens[m] = pad_ragged(ss, vecs[m].dim)
     # who and where: RAMer's inter-person (same clip) and intra-person (same character) attention
     clip_index = {clip: i for i, clip in enumerate(sorted(data))}
     extras = {"clip": np.array([[clip_index[clip]] for clip, _ in keys], np.float32),

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mmerkit.data.converters import register_converter
+from mmerkit.data.padding import pad_ragged
 from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, SplitArrays, write_store
 from mmerkit.errors import DataError
 
@@ -155,10 +156,7 @@ def _stack(value: Any, where: str):
     if bad:
         raise DataError(f"{where}, sample {bad[0]}: shape {items[bad[0]].shape}, expected (T, "
                         f"{items[0].shape[-1]}) like sample 0")
-    lengths = np.array([len(v) for v in items])
-    out = np.zeros((len(items), int(lengths.max()), items[0].shape[1]), np.float32)
-    for i, v in enumerate(items):
-        out[i, : len(v)] = v
+    out, lengths = pad_ragged(items, items[0].shape[1], min_steps=0)
     return out, (None if (lengths == lengths[0]).all() else lengths)
 
 

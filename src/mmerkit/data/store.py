@@ -40,6 +40,7 @@ from typing import Literal
 import numpy as np
 
 from mmerkit.errors import DataError
+from mmerkit.files import atomic_write_text
 
 FORMAT = "mmerkit-store/1"
 NanPolicy = Literal["reject", "zero"]
@@ -349,10 +350,7 @@ def _write_check_cache(file: Path | None, result: dict) -> None:
     if file is None:
         return
     try:  # best effort: a read-only home or cache only costs a re-scan next time
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result))
-        os.replace(tmp, file)
+        atomic_write_text(file, json.dumps(result))
     except OSError:
         pass
 

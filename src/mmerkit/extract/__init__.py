@@ -7,7 +7,10 @@ The public entry points (imported lazily, so `import mmerkit.extract` loads no m
 * `media_features` (featurize.py): one media file -> {modality: (T, D)}, shared by extraction
   and prediction;
 * `run_extract` (pipeline.py): `mmer extract`, with workers, shards, resume and failures.csv;
-* `create_extractor`, `list_extractors`, `register_extractor` (base.py).
+* `create_extractor`, `list_extractors` (catalogue.py, which registers the built-in
+  extractors), `register_extractor` (base.py);
+* `export_extract_config`, `check_same_extractors` (identity.py): an export's extraction
+  settings, and whether two feature sets were made the same way.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ _EXPORTS = {
     "ExtractConfig": "config", "make_config": "config",
     "read_media_manifest": "manifest", "Manifest": "manifest", "MediaItem": "manifest",
     "media_features": "featurize", "featurizer": "featurize",
-    "export_extract_config": "media_predict", "media_inputs": "media_predict",
+    "export_extract_config": "identity", "check_same_extractors": "identity", "media_inputs": "media_predict",
     "run_extract": "pipeline", "ExtractResult": "pipeline",
-    "create_extractor": "base", "list_extractors": "base", "register_extractor": "base",
+    "create_extractor": "catalogue", "list_extractors": "catalogue", "register_extractor": "base",
     "Extractor": "base", "Features": "base", "Clip": "base", "Word": "base", "MediaError": "base",
 }
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
-import inspect
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mmerkit.errors import CheckpointError, ConfigError, DataError
-from mmerkit.registry import Registry, did_you_mean
+from mmerkit.registry import Registry
 
 MODALITIES = ("text", "audio", "visual")
 
@@ -307,38 +306,3 @@ def register_extractor(name: str) -> Callable[[type[Extractor]], type[Extractor]
         return EXTRACTORS.register(name, modality=cls.modality)(cls)
 
     return deco
-
-
-def _load_builtin_extractors() -> None:
-    # the built-in extractors register on import; their heavy packages are imported lazily
-    from mmerkit.extract import asr, audio, text, visual  # noqa: F401
-
-
-def list_extractors(modality: str | None = None) -> list[str]:
-    """Registered extractor names, optionally only those of one modality."""
-    _load_builtin_extractors()
-    return [e.name for e in EXTRACTORS.entries() if modality in (None, e.info["modality"])]
-
-
-def create_extractor(name: str, **params: Any) -> Extractor:
-    """Build a registered extractor; unknown names or options fail with a did-you-mean hint.
-
-    Example:
-        >>> create_extractor("librosa", n_mfcc=13).dim
-        16
-    """
-    _load_builtin_extractors()
-    if name not in EXTRACTORS:
-        known = ", ".join(EXTRACTORS.names())
-        raise ConfigError(
-            f"unknown extractor {name!r}.{did_you_mean(name, EXTRACTORS.names())} Known: {known}."
-        )
-    cls = EXTRACTORS.get(name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(
-                f"extractor {name!r} has no option {key!r}.{did_you_mean(key, allowed)} "
-                f"Options: {', '.join(allowed) or '(none)'}."
-            )
-    return cls(**params)

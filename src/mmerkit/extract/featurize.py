@@ -32,6 +32,7 @@ import numpy as np
 from mmerkit.errors import ConfigError, DataError
 from mmerkit.extract.base import Clip, Features, MediaError, Word
 from mmerkit.extract.config import ExtractConfig, make_config
+from mmerkit.extract.identity import check_same_extractors, export_extract_config
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Featurizer:
     """The extractors of one ExtractConfig, built once (models load here)."""
 
     def __init__(self, config: ExtractConfig):
-        from mmerkit.extract.base import create_extractor
+        from mmerkit.extract.catalogue import create_extractor
 
         self.config = config
         import_plugins(config.plugins)
@@ -136,7 +137,7 @@ class Featurizer:
     def recognise(self, clip: Clip) -> tuple[str, list[Word]]:
         """(text, words) of the clip's speech, with the configured recogniser (built on first use)."""
         if self._asr is None:
-            from mmerkit.extract.base import create_extractor
+            from mmerkit.extract.catalogue import create_extractor
 
             self._asr = create_extractor(self.config.asr_model, **self.config.asr_params)
         return self._asr.transcribe(clip)
@@ -181,22 +182,36 @@ _FEATURIZERS: dict[str, Featurizer] = {}
 
 def featurizer(config: ExtractConfig | Mapping[str, Any] | None = None) -> Featurizer:
     """The (cached, per process) Featurizer of a configuration: an ExtractConfig, its record, or
-    an export's meta (its config.json, `Predictor.meta`), whose extractors are then checked
-    once against the ones built here (a DataError if they would make other features)."""
+    an export's meta (its config.json, `Predictor.meta`; see `export_featurizer`)."""
     if isinstance(config, Mapping) and "extractors" in config and "extract" in config:
-        from mmerkit.extract.media_predict import check_same_extractors, export_extract_config
-
-        fz = featurizer(export_extract_config(config))
-        key = json.dumps(config["extractors"], sort_keys=True)
-        if key not in fz.checked:
-            check_same_extractors(config["extractors"], fz.describe(), "the export", "this machine's extractors")
-            fz.checked.add(key)
-        return fz
+        return export_featurizer(config)
     cfg = make_config(config)
     key = json.dumps(cfg.record(), sort_keys=True)
     if key not in _FEATURIZERS:
         _FEATURIZERS[key] = Featurizer(cfg)
     return _FEATURIZERS[key]
+
+
+def export_featurizer(meta: Mapping[str, Any], origin: str = "the export",
+                      installed: str = "this machine's extractors") -> Featurizer:
+    """The Featurizer that makes an export's features from media: its extraction settings
+    (`export_extract_config`), built once per process, its extractors checked once against the
+    ones built here (a DataError naming `origin` if they would make other features). The one
+    export -> featurizer -> check path: prediction from media, the server and `media_features`."""
+    fz = featurizer(export_extract_config(meta, origin))
+    key = json.dumps(meta["extractors"], sort_keys=True)
+    if key not in fz.checked:
+        check_same_extractors(meta["extractors"], fz.describe(), origin, installed)
+        fz.checked.add(key)
+    return fz
+
+
+def pooled_utterance(f: Mapping[str, np.ndarray], dims: Mapping[str, int]) -> tuple[dict[str, np.ndarray],
+                                                                                   dict[str, bool]]:
+    """One vector per utterance and modality: the mean over its steps (absent when T = 0); what
+    a dialogue-level store holds per utterance, in extraction and in prediction from media."""
+    vec = {m: (f[m].mean(0) if len(f[m]) else np.zeros(d, np.float32)) for m, d in dims.items()}
+    return vec, {m: bool(len(f[m])) for m in dims}
 
 
 def media_features(path: str | Path | None, *, transcript: str | None = None,

@@ -3,7 +3,7 @@
 An export made from a store that `mmer extract` wrote carries that store's ``extract`` (the
 ExtractConfig, the level, the split) and ``extractors`` (each extractor's `describe()`: name,
 version, model sha256, dim, rate, options) records. `media_inputs` rebuilds the extractors
-from them, checks that they would make the same features (`check_same_extractors`), runs
+from them, checks that they would make the same features (mmerkit.extract.identity), runs
 `media_features` on each clip, and assembles the arrays `Predictor.predict` takes: one sample
 per clip, or per dialogue when the model was trained on dialogues.
 
@@ -15,76 +15,16 @@ Example:
 
 from __future__ import annotations
 
-import json
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mmerkit.data.padding import pad_ragged
 from mmerkit.errors import DataError
-from mmerkit.extract.config import ExtractConfig, make_config
-
-# what makes two extractors' features differ; package versions only warn (numerics may move)
-IDENTITY_KEYS = ("name", "version", "modality", "dim", "rate", "params", "model_files")
-
-
-def export_extract_config(meta: Mapping[str, Any], origin: str = "the export") -> ExtractConfig:
-    """The ExtractConfig an export's training store was made with (refuses exports without one)."""
-    rec = meta.get("extract")
-    if not rec or "extractors" not in meta:
-        raise DataError(f"{origin} was trained on features that `mmer extract` did not make (data source "
-                        f"{meta.get('data_source', '?')!r}), so it cannot predict from media: it does not "
-                        "know which extractors made its features. Train on a store from `mmer extract`, "
-                        "or predict from a store of such features with --inputs")
-    cfg = make_config(rec["config"])
-    # a word-timing file names the training clips only; new clips get ASR word times instead
-    update: dict[str, Any] = {"word_timings": None}
-    if cfg.align == "words" and cfg.asr == "off":
-        update["asr"] = "auto"
-    return cfg.model_copy(update=update)
-
-
-def _identity(d: Mapping[str, Any]) -> dict[str, Any]:
-    from mmerkit.extract.base import feature_identity
-
-    ident = feature_identity(dict(d))
-    return {k: ident.get(k) for k in (*IDENTITY_KEYS, *sorted(set(ident) - set(IDENTITY_KEYS)))}
-
-
-def check_same_extractors(trained: Mapping[str, Any] | None, given: Mapping[str, Any] | None,
-                          trained_what: str, given_what: str) -> None:
-    """Refuse features made by other extractors than the model's training features.
-
-    Both are ``{modality: describe()}`` records (None: features of unknown origin). Name,
-    version, options, dim, rate or a model file's sha256 differing is an error that names the
-    modality and the field; differing package versions only warn.
-    """
-    if trained is None and given is None:
-        return
-    if trained is None or given is None:
-        missing, has = (trained_what, given_what) if trained is None else (given_what, trained_what)
-        raise DataError(f"{has} was made by `mmer extract` but {missing} was not: their features come from "
-                        "different pipelines and cannot be mixed; use features made the same way")
-    for m in sorted(set(trained) | set(given)):
-        if m not in trained or m not in given:
-            where = trained_what if m not in trained else given_what
-            raise DataError(f"{where} has no {m!r} extractor but the other has; extract with the same "
-                            "modalities as the training store")
-        a, b = _identity(trained[m]), _identity(given[m])
-        if a != b:
-            diff = [k for k in a if a[k] != b.get(k)] or [k for k in b if k not in a]
-            k = diff[0]
-            raise DataError(f"{m} features differ: {trained_what} used {m} extractor {a['name']!r} with {k} = "
-                            f"{json.dumps(a.get(k))}, but {given_what} has {k} = {json.dumps(b.get(k))}. The model "
-                            "only understands features made the same way: install the same extractor "
-                            "versions and model files (docs/extract.md), or re-extract and retrain")
-        pa, pb = trained[m].get("packages", {}), given[m].get("packages", {})
-        if pa != pb:
-            changed = {p: (pa.get(p), pb.get(p)) for p in set(pa) | set(pb) if pa.get(p) != pb.get(p)}
-            warnings.warn(f"{m} extractor packages differ from training ({changed}); the features may "
-                          "shift slightly", stacklevel=3)
+from mmerkit.extract.featurize import pooled_utterance
+from mmerkit.extract.identity import check_same_extractors, export_extract_config  # noqa: F401  (public here too)
 
 
 def media_inputs(meta: Mapping[str, Any], media: Sequence[str | Path | None], *,
@@ -99,7 +39,7 @@ def media_inputs(meta: Mapping[str, Any], media: Sequence[str | Path | None], *,
     that length (noted in `notes["truncated"]`). `progress`: a `rich.progress.track`-like
     wrapper of the clip loop (the CLI's progress bar), or None.
     """
-    from mmerkit.extract.featurize import featurizer
+    from mmerkit.extract.featurize import export_featurizer
 
     n = len(media)
     transcripts = list(transcripts) if transcripts is not None else [None] * n
@@ -109,9 +49,7 @@ def media_inputs(meta: Mapping[str, Any], media: Sequence[str | Path | None], *,
                                                           for k, p in enumerate(media)]
     if not (len(transcripts) == len(starts) == len(ends) == len(ids) == n):
         raise DataError(f"{n} media files but {len(transcripts)} transcripts / {len(ids)} ids; give one per file")
-    cfg = export_extract_config(meta, origin)
-    fz = featurizer(cfg)
-    check_same_extractors(meta["extractors"], fz.describe(), origin, "this machine's extractors")
+    fz = export_featurizer(meta, origin)
     feats, used_text, recognised = [], [], []
     for k in (progress or (lambda it, **_: it))(range(n), description="extracting features"):
         # a clip without an audio track is predicted with audio missing, as one without a face
@@ -146,30 +84,25 @@ def _cut(x: np.ndarray, limit: int | None, sid: str, m: str, notes) -> np.ndarra
 
 
 def _utterance_arrays(ids, feats, dims, spec_max, notes) -> dict[str, np.ndarray]:
-    from mmerkit.extract.pipeline import _pad
-
     out: dict[str, np.ndarray] = {}
     for m, d in dims.items():
         seqs = [_cut(f[m], spec_max.get(m), sid, m, notes) for sid, f in zip(ids, feats)]
-        out[m], out[f"{m}_len"] = _pad(seqs, d, None)
+        out[m], out[f"{m}_len"] = pad_ragged(seqs, d)
     return out
 
 
 def _dialogue_arrays(ids, feats, dims, dialogues, spec_max, notes):
-    from mmerkit.extract.pipeline import _pad, _pooled
-
     keys = [d if d else f"\0{sid}" for sid, d in zip(ids, dialogues or [None] * len(ids))]
     order = list(dict.fromkeys(keys))
     groups = {k: [i for i, kk in enumerate(keys) if kk == k] for k in order}
-    pooled = [_pooled(f, dims) for f in feats]
+    pooled = [pooled_utterance(f, dims) for f in feats]
     out: dict[str, np.ndarray] = {}
     for m, d in dims.items():
         seqs = []
         for k in order:
             steps = np.stack([pooled[i][0][m] for i in groups[k]])
             seqs.append(steps if any(pooled[i][1][m] for i in groups[k]) else steps[:0])
-        out[m], out[f"{m}_len"] = _pad([_cut(s, spec_max.get(m), k, m, notes) for s, k in zip(seqs, order)],
-                                       d, None)
+        out[m], out[f"{m}_len"] = pad_ragged([_cut(s, spec_max.get(m), k, m, notes) for s, k in zip(seqs, order)], d)
     names = [k[1:] if k.startswith("\0") else k for k in order]
     return names, out
 

@@ -42,10 +42,13 @@ import numpy as np
 
 from mmerkit.data.custom import SPLITS
 from mmerkit.data.dialogue import build_dialogues
+from mmerkit.data.padding import pad_ragged
 from mmerkit.data.store import FORMAT, FeatureStore, SplitArrays, write_store
 from mmerkit.errors import ConfigError, DataError, MMERError
 from mmerkit.extract.config import ExtractConfig, make_config
+from mmerkit.extract.featurize import pooled_utterance
 from mmerkit.extract.manifest import Manifest, MediaItem, read_media_manifest
+from mmerkit.files import atomic_write_bytes
 
 FAILURE_COLUMNS = ("id", "line", "media", "start", "end", "reason")
 
@@ -76,12 +79,6 @@ def item_name(item_id: str) -> str:
     return f"{safe}-{hashlib.sha1(item_id.encode()).hexdigest()[:10]}"
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_item(items_dir: Path, item: MediaItem, fingerprint: str, feats: dict[str, np.ndarray],
                record: dict[str, Any]) -> Path:
     """Write one item's features atomically; removes an earlier failure record of it."""
@@ -89,7 +86,7 @@ def write_item(items_dir: Path, item: MediaItem, fingerprint: str, feats: dict[s
     meta = {"id": item.id, "key": item.key(), "row_key": item.row_key(), "config": fingerprint, **record}
     np.savez(buf, __meta__=np.array(json.dumps(meta)), **{f"x_{m}": x for m, x in feats.items()})
     path = items_dir / f"{item_name(item.id)}.npz"
-    _atomic_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
     (items_dir / f"{item_name(item.id)}.fail.json").unlink(missing_ok=True)
     return path
 
@@ -99,7 +96,7 @@ def write_failure(items_dir: Path, item: MediaItem, reason: str) -> None:
     rec = {"id": item.id, "line": item.line, "media": "" if item.media is None else str(item.media),
            "start": "" if item.start is None else item.start, "end": "" if item.end is None else item.end,
            "reason": reason, "key": item.key(), "row_key": item.row_key()}
-    _atomic_bytes(items_dir / f"{item_name(item.id)}.fail.json", json.dumps(rec).encode())
+    atomic_write_bytes(items_dir / f"{item_name(item.id)}.fail.json", json.dumps(rec).encode())
     (items_dir / f"{item_name(item.id)}.npz").unlink(missing_ok=True)
 
 
@@ -423,7 +420,7 @@ def _write_failures_csv(work: Path, man: Manifest, dirs: Sequence[Path], merge: 
     w.writeheader()
     w.writerows(_failure_records(man, dirs, merge))
     path = work / "failures.csv"
-    _atomic_bytes(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode())
     return path
 
 
@@ -517,14 +514,6 @@ def _check_modalities_present(splits: dict[str, SplitArrays], cfg: ExtractConfig
                                 f"extractor {getattr(cfg, m)!r}")
 
 
-def _pad(seqs: list[np.ndarray], dim: int, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
-    lens = np.array([len(s) if max_len is None else min(len(s), max_len) for s in seqs], np.int64)
-    x = np.zeros((len(seqs), max(int(lens.max(initial=0)), 1), dim), np.float32)
-    for i, (s, n) in enumerate(zip(seqs, lens)):
-        x[i, :n] = s[:n]
-    return x, lens
-
-
 def _utterance_splits(man: Manifest, feats, dims, max_len) -> dict[str, SplitArrays]:
     out = {}
     for s in SPLITS:
@@ -533,16 +522,10 @@ def _utterance_splits(man: Manifest, feats, dims, max_len) -> dict[str, SplitArr
             continue
         x, lens = {}, {}
         for m, d in dims.items():
-            x[m], lens[m] = _pad([feats[i][m] for i in idx], d, max_len)
+            x[m], lens[m] = pad_ragged([feats[i][m] for i in idx], d, max_len)
         out[s] = SplitArrays(features=x, labels=man.labels[idx], lengths=lens,
                              ids=[man.items[i].id for i in idx])
     return out
-
-
-def _pooled(f: dict[str, np.ndarray], dims) -> tuple[dict[str, np.ndarray], dict[str, bool]]:
-    """One vector per utterance and modality: the mean over its steps (absent when T = 0)."""
-    vec = {m: (f[m].mean(0) if len(f[m]) else np.zeros(d, np.float32)) for m, d in dims.items()}
-    return vec, {m: bool(len(f[m])) for m in dims}
 
 
 def _dialogue_splits(man: Manifest, feats, dims, max_len):
@@ -551,7 +534,7 @@ def _dialogue_splits(man: Manifest, feats, dims, max_len):
         idx = [i for i, f in enumerate(feats) if f is not None and man.splits[i] == s]
         if not idx:
             continue
-        pooled = [_pooled(feats[i], dims) for i in idx]
+        pooled = [pooled_utterance(feats[i], dims) for i in idx]
         x = {m: np.stack([p[0][m] for p in pooled]) for m in dims}
         present = {m: np.array([p[1][m] for p in pooled]) for m in dims}
         dlg = np.array([man.items[i].dialogue for i in idx], dtype=object)

@@ -364,66 +364,48 @@ class CARAT(MMERModel):
     # ------------------------------------------------------------------ loss
 
     def loss(self, out: ModelOutput, batch: Batch) -> dict[str, Tensor]:
+        """Weighted terms in the authors' order; a term whose weight is 0 or whose part of the
+        model an ablation switch turns off is not computed."""
         c, a, y = self.config, out.aux, batch.labels
         present = a["present"]
-        w = {k: getattr(c, f"{k}_weight") for k in (
-            "lsr_clf", "aug_clf", "clf", "cl", "recon_mse", "aug_mse", "beta_mse",
-            "total_aug_clf", "shuffle_aug_clf", "ctc")}
-        if not c.use_mrm:
-            w.update(lsr_clf=0.0, aug_clf=0.0, clf=0.0)
-        if not c.use_agg:
-            w.update(total_aug_clf=0.0, shuffle_aug_clf=0.0)
-        if not c.use_latent:
-            w["recon_mse"] = 0.0
-        if not c.first_level:
-            w.update(aug_clf=0.0, aug_mse=0.0)
-        if not c.second_level:
-            w["beta_mse"] = 0.0
-        if not (c.sample_shuffle or c.modality_shuffle) or not self.training:
-            w["shuffle_aug_clf"] = 0.0
-        if "ctc" not in a:
-            w["ctc"] = 0.0
-        terms: dict[str, Tensor] = {}
-        for name, weight in w.items():
-            if weight != 0:
-                terms[name] = weight * self._term(name, out, batch, y, present)
+        shuffles = (c.sample_shuffle or c.modality_shuffle) and self.training
+        # name: (weight, switched on, term); each weight sits next to the term it weighs
+        table = {
+            "lsr_clf": (c.lsr_clf_weight, c.use_mrm, lambda: self._lsr_clf_term(a, y, present)),
+            "aug_clf": (c.aug_clf_weight, c.use_mrm and c.first_level, lambda: bce(self._clf(a["frr"]).max(1).values, y)),
+            "clf": (c.clf_weight, c.use_mrm, lambda: bce(a["clf_srr"].max(1).values, y)),
+            "cl": (c.cl_weight, True, lambda: self._cl_term(a, y, present)),
+            "recon_mse": (c.recon_mse_weight, c.use_latent, lambda: masked_mse_sum(a["r"], a["e"], present)),
+            "aug_mse": (c.aug_mse_weight, c.first_level, lambda: masked_mse_sum(a["frr"], a["e"], present)),
+            "beta_mse": (c.beta_mse_weight, c.second_level, lambda: masked_mse_sum(a["srr"], a["e"], present)),
+            "total_aug_clf": (c.total_aug_clf_weight, c.use_agg,
+                              lambda: bce(a["agg"], y[:, None, :].expand_as(a["agg"]))),
+            "shuffle_aug_clf": (c.shuffle_aug_clf_weight, c.use_agg and shuffles, lambda: self._shuffle_term(a, y)),
+            "ctc": (c.ctc_weight, "ctc" in a, lambda: sum(SoftAligner.ctc_loss(s, n, t) for s, n, t in a["ctc"])),
+        }
+        terms: dict[str, Tensor] = {name: weight * term() for name, (weight, on, term) in table.items()
+                                    if on and weight != 0}
         terms["total"] = sum(terms.values()) if terms else out.logits.sum() * 0.0
         return terms
 
-    def _term(self, name: str, out: ModelOutput, batch: Batch, y: Tensor,
-              present: Tensor) -> Tensor:
-        a = out.aux
-        if name == "lsr_clf":
-            lv1 = self._clf(a["e"]).masked_fill(~present[:, :, None], -1e4)
-            return bce(lv1.max(1).values, y)
-        if name == "aug_clf":
-            return bce(self._clf(a["frr"]).max(1).values, y)
-        if name == "clf":
-            return bce(a["clf_srr"].max(1).values, y)
-        if name == "recon_mse":
-            return masked_mse_sum(a["r"], a["e"], present)
-        if name == "aug_mse":
-            return masked_mse_sum(a["frr"], a["e"], present)
-        if name == "beta_mse":
-            return masked_mse_sum(a["srr"], a["e"], present)
-        if name == "total_aug_clf":
-            return bce(a["agg"], y[:, None, :].expand_as(a["agg"]))
-        if name == "shuffle_aug_clf":
-            s, ys = self.shuffle(a["srr"], y)
-            return bce(self._agg(s), ys)
-        if name == "cl":
-            rows = a.get("cl_rows")
-            if rows is None:
-                rows = self._pool_rows(a["z"], a["frr"], a["srr"])
-            labels = self._pool_labels(y, present)
-            a["cl_labels"] = labels
-            return supcon_loss(rows, labels, self.queue, self.queue_labels,
-                               temperature=self.config.temperature,
-                               base_temperature=self.config.base_temperature,
-                               anchors=self.config.anchors, chunk=self.config.contrastive_chunk)
-        if name == "ctc":
-            return sum(SoftAligner.ctc_loss(s, n, t) for s, n, t in a["ctc"])
-        raise KeyError(name)
+    def _lsr_clf_term(self, a: dict, y: Tensor, present: Tensor) -> Tensor:
+        lv1 = self._clf(a["e"]).masked_fill(~present[:, :, None], -1e4)
+        return bce(lv1.max(1).values, y)
+
+    def _shuffle_term(self, a: dict, y: Tensor) -> Tensor:
+        s, ys = self.shuffle(a["srr"], y)
+        return bce(self._agg(s), ys)
+
+    def _cl_term(self, a: dict, y: Tensor, present: Tensor) -> Tensor:
+        rows = a.get("cl_rows")
+        if rows is None:
+            rows = self._pool_rows(a["z"], a["frr"], a["srr"])
+        labels = self._pool_labels(y, present)
+        a["cl_labels"] = labels
+        return supcon_loss(rows, labels, self.queue, self.queue_labels,
+                           temperature=self.config.temperature,
+                           base_temperature=self.config.base_temperature,
+                           anchors=self.config.anchors, chunk=self.config.contrastive_chunk)
 
     def shuffle(self, s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Sample-wise + modality-wise shuffle (§2.10): S'[b,m,l] = S[pi_lm(b), sigma_lb(m), l].

@@ -1,19 +1,20 @@
 """The export's card (`GET /v1/model`): what a client needs to know before sending a clip.
 
 Everything comes from the files an export holds (`config.json`) and, where the export sits in
-a run directory, the run's own records (`test_metrics.json`, `valid_metrics.json`, `env.json`).
+a run directory, the run's own records (`test_metrics.json`, `valid_metrics.json`, `env.json`),
+read through `Run` (mmerkit.export.run_records).
 Local file paths are reduced to their last component: the card tells what data trained the
 model without revealing where the server's disk keeps it.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mmerkit.export import run_records
 from mmerkit.serve.inputs import InputSpec
 
 
@@ -29,7 +30,8 @@ def media_config(meta: dict[str, Any]) -> dict[str, Any] | None:
 def model_card(meta: dict[str, Any], export_dir: Path, spec: InputSpec, thresholds: np.ndarray,
                limits: dict[str, Any]) -> dict[str, Any]:
     """The JSON card: model, labels, thresholds, modalities, extractors, provenance, metrics."""
-    run_dir = Path(export_dir).parent
+    run = run_records(export_dir)
+    env = run["env"]
     run_cfg = meta.get("run_config", {}) or {}
     data_cfg = run_cfg.get("data", {}) or {}
     labels = list(meta.get("labels", []))
@@ -43,25 +45,16 @@ def model_card(meta: dict[str, Any], export_dir: Path, spec: InputSpec, threshol
         "extraction": _without_paths(meta.get("extract")),
         "extractors": _without_paths(meta.get("extractors")),
         "training_data": {"source": meta.get("data_source") or None,
-                          "store": _basename(data_cfg.get("path")) or _basename(_read_json(run_dir / "env.json").get("store")),
-                          "store_name": _read_json(run_dir / "env.json").get("store_name"),
-                          "splits": _read_json(run_dir / "env.json").get("splits"),
+                          "store": _basename(data_cfg.get("path")) or _basename(env.get("store")),
+                          "store_name": env.get("store_name"),
+                          "splits": env.get("splits"),
                           "seed": (run_cfg.get("train") or {}).get("seed")},
-        "metrics": {"test": _read_json(run_dir / "test_metrics.json") or None,
-                    "valid": _read_json(run_dir / "valid_metrics.json") or None},
+        "metrics": {"test": run["test"] or None, "valid": run["valid"] or None},
         "inputs": {"features": "application/json {\"samples\": [{\"<modality>\": [[...], ...]}]} or an .npz",
                    "media": "multipart/form-data: file (video or audio), optional transcript"
                    if media_config(meta) else None},
         "limits": limits,
     }
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _without_paths(value: Any) -> Any:

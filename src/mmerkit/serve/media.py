@@ -256,30 +256,21 @@ def default_featurizer(path: str, transcript: str | None, config: dict[str, Any]
     The one adapter between the server and `mmerkit.extract`. It runs in a worker process, which
     keeps the extractors (and their loaded models) between requests, and checks once that this
     machine's extractors make the same features as the ones the model was trained on."""
-    from mmerkit.extract.featurize import featurizer
-    from mmerkit.extract.media_predict import check_same_extractors, export_extract_config
-
     assert config is not None
-    fz = featurizer(export_extract_config(config, "the served model"))
-    if id(fz) not in _CHECKED:
-        check_same_extractors(config["extractors"], fz.describe(), "the served model", "the server's extractors")
-        _CHECKED.add(id(fz))
-    result = fz.featurize(path, transcript=transcript, clip_id="upload")
+    result = _export_featurizer(config).featurize(path, transcript=transcript, clip_id="upload")
     return {**result.features, "transcript": result.transcript}
 
 
-_CHECKED: set[int] = set()
+def _export_featurizer(config: dict[str, Any]):
+    from mmerkit.extract.featurize import export_featurizer
+
+    return export_featurizer(config, "the served model", "the server's extractors")
 
 
 def _prepare_default(config: dict[str, Any]) -> None:
     """Build (and check) the export's extractors in a worker before the first clip arrives:
     loading their models takes seconds, which the first request should not wait for."""
-    from mmerkit.extract.featurize import featurizer
-    from mmerkit.extract.media_predict import check_same_extractors, export_extract_config
-
-    fz = featurizer(export_extract_config(config, "the served model"))
-    check_same_extractors(config["extractors"], fz.describe(), "the served model", "the server's extractors")
-    _CHECKED.add(id(fz))
+    _export_featurizer(config)
 
 
 def _featurize(featurizer: Featurizer, path: str, transcript: str | None, config: dict[str, Any] | None,

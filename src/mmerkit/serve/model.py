@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmerkit.data.padding import pad_ragged
 from mmerkit.errors import ConfigError
+from mmerkit.export import export_dir_of
 from mmerkit.predict import Predictions, Predictor
 from mmerkit.serve.errors import RequestError
 from mmerkit.serve.inputs import InputSpec, Sample
@@ -51,9 +53,7 @@ class ServedModel:
     @classmethod
     def load(cls, export_dir: str | Path, device: str = "cpu", max_steps: int = 1000,
              max_samples: int = 64) -> ServedModel:
-        export_dir = Path(export_dir)
-        if not (export_dir / "config.json").exists() and (export_dir / "export" / "config.json").exists():
-            export_dir = export_dir / "export"  # a run directory works too
+        export_dir = export_dir_of(export_dir)  # a run directory works too
         return cls(Predictor.from_pretrained(export_dir, device), export_dir, max_steps, max_samples)
 
     def _forward(self, arrays: dict[str, np.ndarray]) -> Predictions:
@@ -127,9 +127,5 @@ def pad_samples(samples: list[Sample], modalities: dict[str, int]) -> dict[str, 
     """Samples -> `{m: (N, T_max, D), m_len: (N,)}`, zero padded (T_max >= 1)."""
     arrays: dict[str, np.ndarray] = {}
     for m, dim in modalities.items():
-        lens = np.array([s.features[m].shape[0] for s in samples], np.int64)
-        x = np.zeros((len(samples), max(int(lens.max()), 1), dim), np.float32)
-        for i, s in enumerate(samples):  # a copy per sample; the model call dominates
-            x[i, : lens[i]] = s.features[m]
-        arrays[m], arrays[f"{m}_len"] = x, lens
+        arrays[m], arrays[f"{m}_len"] = pad_ragged([s.features[m] for s in samples], dim)
     return arrays
