@@ -192,7 +192,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     cases = [("features", args.export or feature_export(work, args.model, None if args.config == "none" else args.config), feature_request, [])]
     if not args.skip_media:
         export = args.media_export or media_export(work)
-        cases.append(("media", export, lambda _e, _s: media_request(work), ["--workers", "1"]))
+        # --max-uploads 32: every client's clip may wait for the worker, as when the rows were measured
+        cases.append(("media", export, lambda _e, _s: media_request(work), ["--workers", "1", "--max-uploads", "32"]))
     rows = []
     for kind, export, make, extra in cases:
         for batching in (True, False):

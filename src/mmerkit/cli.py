@@ -445,7 +445,7 @@ def serve(export: Path = typer.Argument(..., help="export directory (RUN/export)
           device: str | None = typer.Option(None, help="cpu | cuda | cuda:1 ..."),
           threads: int | None = typer.Option(None, "--threads", help="torch threads (1)"),
           max_json_mb: float | None = typer.Option(None, "--max-json-mb", help="JSON body limit (16)"),
-          max_uploads: int | None = typer.Option(None, "--max-uploads", help="file/.npz bodies held at once (4)"),
+          max_uploads: int | None = typer.Option(None, "--max-uploads", help="file/.npz bodies held at once (8)"),
           max_connections: int | None = typer.Option(None, "--max-connections", help="open connections (100)"),
           header_timeout_s: float | None = typer.Option(None, "--header-timeout-s", help="request head deadline (10)"),
           body_timeout_s: float | None = typer.Option(None, "--body-timeout-s", help="wait for body pieces (30)"),

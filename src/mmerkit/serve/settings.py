@@ -43,7 +43,7 @@ class ServeSettings(BaseModel):
     body_timeout_s: float = Field(30.0, gt=0)  # longest wait for the next piece of a request body -> 408
     keep_alive_s: int = Field(5, ge=1)  # idle kept-alive connections close after this (uvicorn timeout_keep_alive)
     max_header_kb: int = Field(16, ge=1)  # a request head beyond this -> 400 (uvicorn h11_max_incomplete_event_size)
-    max_uploads: int = Field(4, ge=1)  # file/.npz bodies read at once; beyond -> 503 before reading
+    max_uploads: int = Field(8, ge=1)  # file/.npz bodies read at once; beyond -> 503 before reading
     max_json_mb: float = Field(16.0, gt=0)  # JSON feature bodies (parsed whole) -> 413 beyond
     shutdown_grace_s: int = Field(5, ge=1)  # SIGTERM: requests in flight get this long, then 503
     # browsers: Host names and other pages' origins the server answers (docs/serve.md, "Browsers")
