@@ -117,8 +117,12 @@ def fake_featurizer(path: str, transcript: str | None, config: dict | None) -> d
 
     It also checks what the server promises: it runs in another process than the server's,
     gets a server-named file inside a 0700 directory, and receives the export's extractor
-    configuration. `transcript` "sleep" waits 2 s; "crash" kills the worker."""
+    configuration. `transcript` "sleep" waits 2 s ("sleep long" 60 s); "crash" kills the worker
+    ("crash later" after 1.5 s)."""
     if transcript == "crash":
+        os._exit(3)
+    if transcript == "crash later":  # while other clips wait for this worker
+        time.sleep(1.5)
         os._exit(3)
     if transcript == "sleep":
         time.sleep(2.0)
