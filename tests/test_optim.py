@@ -87,3 +87,28 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     # the control: without accumulation the batch-8 run takes twice the steps and ends elsewhere
     assert any(not torch.allclose(weights["small"][k], w, atol=1e-3) for k, w in weights["big"].items())
     assert np.isclose(acc.history[0]["lr"], big.history[0]["lr"])
+
+
+def test_timm_epoch_schedule_is_amp_releases_with_its_one_epoch_lag():
+    """amp-authors: timm's per-epoch warm-up from 5e-6 over 10 epochs, stepped at each epoch's
+    end with the epoch just finished, so epochs 0 and 1 share 5e-6 and epoch 9 peaks at 4.1e-5."""
+    from mmerkit.config import load_config
+
+    cfg = load_config(None, config="amp-authors").optim
+    assert (cfg.schedule, cfg.eps, cfg.decay_all, cfg.warmup_init) == ("timm_epoch", 1e-8, True, 0.1)
+    per_epoch = 7
+    factor = lr_lambda(cfg.schedule, 10 * per_epoch, cfg.warmup_proportion, per_epoch, cfg.warmup_init)
+    lrs = [cfg.lr * factor(e * per_epoch + s) for e in range(10) for s in (0, per_epoch - 1)]
+    want = [5e-6, 5e-6] + [5e-6 + (e - 1) * 4.5e-6 for e in range(2, 10)]
+    assert lrs == pytest.approx([w for w in want for _ in range(2)], abs=1e-12)
+    assert max(lrs) == pytest.approx(4.1e-5)
+
+
+def test_decay_all_puts_every_parameter_in_one_decayed_group():
+    from mmerkit.config import OptimConfig
+    from mmerkit.optim import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    opt = build_optimizer(model, OptimConfig(decay_all=True, weight_decay=0.01))
+    assert len(opt.param_groups) == 1 and len(opt.param_groups[0]["params"]) == 4
+    assert opt.param_groups[0]["weight_decay"] == 0.01

@@ -69,7 +69,9 @@ class OptimConfig(StrictModel):
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     eps: float = Field(1e-6, gt=0)
     warmup_proportion: float = Field(0.1, ge=0, le=1)
-    schedule: Literal["linear", "constant", "cosine", "warmup_cosine"] = "linear"
+    schedule: Literal["linear", "constant", "cosine", "warmup_cosine", "timm_epoch"] = "linear"
+    warmup_init: float = Field(0.0, ge=0, le=1)  # timm_epoch: the warm-up's start, a fraction of lr
+    decay_all: bool = False  # True: weight decay on every parameter (AMP's release), not BERT's rule
     grad_clip: float | None = Field(1.0, gt=0)
     accumulate: int = Field(1, ge=1)
 

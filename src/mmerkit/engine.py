@@ -346,7 +346,8 @@ class Engine:
         total_steps = steps_per_epoch * t.epochs
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(cfg.optim.schedule, total_steps, cfg.optim.warmup_proportion))
+            optimizer, lr_lambda(cfg.optim.schedule, total_steps, cfg.optim.warmup_proportion,
+                                 steps_per_epoch, cfg.optim.warmup_init))
         fmodel, optimizer = self.fabric.setup(model, optimizer)
 
         state = _TrainState()

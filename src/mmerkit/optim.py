@@ -46,7 +46,8 @@ class BertAdam(Optimizer):
         return loss
 
 
-def lr_lambda(schedule: str, total_steps: int, warmup_proportion: float):
+def lr_lambda(schedule: str, total_steps: int, warmup_proportion: float, steps_per_epoch: int = 1,
+              warmup_init: float = 0.0):
     """Multiplier of the base lr at optimiser step `s` (0-based), as LambdaLR expects.
 
     linear: warm up linearly over the first `warmup_proportion` of the steps, then decay linearly
@@ -55,9 +56,17 @@ def lr_lambda(schedule: str, total_steps: int, warmup_proportion: float):
     warmup_cosine: pytorch-pretrained-bert's (LDDU's release): the same warm-up, then
     0.5 (1 + cos(pi x)) of the progress x = step / total itself, not re-based at the warm-up's
     end (so the multiplier drops from 1 to 0.9755 at x = 0.1 with a 10% warm-up).
+    timm_epoch: timm's CosineLRScheduler stepped once per epoch as AMP's release calls it
+    (`scheduler.step(epoch)` at the end of epoch `epoch`, so epoch e trains at the value of
+    t = max(e - 1, 0): a one-epoch lag). warm-up t < W = warmup_proportion x epochs epochs:
+    warmup_init + t (1 - warmup_init) / W, then 0.5 (1 + cos(pi t / epochs)). Constant within
+    an epoch.
     """
     total = max(int(total_steps), 1)
     warm = warmup_proportion
+
+    if schedule == "timm_epoch":
+        return _timm_epoch(total, max(int(steps_per_epoch), 1), warm, warmup_init)
 
     def factor(step: int) -> float:
         x = step / total
@@ -74,8 +83,25 @@ def lr_lambda(schedule: str, total_steps: int, warmup_proportion: float):
     return factor
 
 
+def _timm_epoch(total: int, per_epoch: int, warm: float, init: float):
+    epochs = max(total // per_epoch, 1)
+    warm_epochs = round(warm * epochs)
+
+    def factor(step: int) -> float:
+        t = max(step // per_epoch - 1, 0)  # the release's one-epoch lag
+        if t < warm_epochs:
+            return init + t * (1.0 - init) / warm_epochs
+        return 0.5 * (1 + math.cos(math.pi * t / epochs))
+
+    return factor
+
+
 def build_optimizer(model: torch.nn.Module, optim_cfg) -> Optimizer:
-    groups = model.param_groups(optim_cfg.weight_decay)
+    if optim_cfg.decay_all:  # AMP's release: one group, every parameter decayed
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad],
+                   "weight_decay": optim_cfg.weight_decay}]
+    else:
+        groups = model.param_groups(optim_cfg.weight_decay)
     if optim_cfg.optimizer == "bertadam":
         return BertAdam(groups, lr=optim_cfg.lr, betas=optim_cfg.betas, eps=optim_cfg.eps,
                         weight_decay=optim_cfg.weight_decay)
