@@ -200,6 +200,7 @@ def test_out_is_a_file(tmp_path, capsys):
     (["--samples", "-5"], [r"synthetic data option samples: .*greater than or equal to 3 \(got -5\)",
                            "mmer data synth --samples"]),
     (["--missing-rate", "1.5"], [r"missing_rate: .*less than or equal to 1 \(got 1.5\)", "--missing-rate"]),
+    (["--profile", "mosei"], [r"profile: unknown profile 'mosei'", "Did you mean 'mosei-like'", "mmer data synth --profile"]),
 ])
 def test_synth_knobs_out_of_range(tmp_path, capsys, args, patterns):
     err = mmer_fails(capsys, "data", "synth", "--out", str(tmp_path / "s"), *args)

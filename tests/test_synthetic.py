@@ -173,3 +173,76 @@ def test_default_size_is_3000_samples():
     assert cfg.samples == 3000 and sum(split_sizes(cfg.samples, cfg.split).values()) == 3000
     small = SynthConfig(samples=90, seq_len=3, dims=SMALL_DIMS)
     assert {k: len(v.labels) for k, v in make_synthetic(small).items()} == split_sizes(90, small.split)
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def _digest(cfg: SynthConfig) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for _, s in sorted(make_synthetic(cfg).items()):
+        for m in sorted(s.features):
+            h.update(np.ascontiguousarray(s.features[m]).tobytes())
+            h.update(np.asarray(s.lengths[m]).tobytes())
+        h.update(np.asarray(s.labels).tobytes())
+        h.update("".join(s.ids).encode())
+    return h.hexdigest()
+
+
+def test_default_profile_is_byte_identical():
+    """Every published number was measured on these arrays: digests taken from the generator
+    before profiles existed."""
+    assert _digest(SynthConfig(samples=200, seq_len=12)) == \
+        "ccba98c9aa87d29feded75ae446c903d98d36b1ffa8c83b0abb8f9c181e0ab81"
+    assert _digest(SynthConfig(samples=120, missing_rate=0.3, label_noise=0.1, seed=5)) == \
+        "6625e9756883bc27c78eb7a0e154ab9c9a8a4b5b68c9882a2656563c564bac9d"
+    assert _digest(SynthConfig(samples=200, seq_len=12, profile="embedded")) == \
+        _digest(SynthConfig(samples=200, seq_len=12))
+
+
+def test_mosei_like_profile_statistics():
+    cfg = SynthConfig(samples=2000, seq_len=20, dims=SMALL_DIMS, profile="mosei-like")
+    splits = make_synthetic(cfg)
+    assert _digest(cfg) == _digest(cfg)  # deterministic
+    y = _all_labels(splits)
+    freq = dict(zip(cfg.labels, y.mean(0), strict=True))
+    assert 0.45 <= freq["happy"] <= 0.62  # happy in about half the samples
+    assert freq["fear"] < 0.12 and freq["surprise"] < 0.14  # rare
+    corr = np.corrcoef(y.T)
+    sad, anger, disgust, happy = (cfg.labels.index(k) for k in ("sad", "anger", "disgust", "happy"))
+    assert min(corr[sad, anger], corr[sad, disgust], corr[anger, disgust]) > 0.1  # negatives together
+    assert corr[happy, sad] < -0.3
+    train = splits["train"]
+    assert 0.05 < np.mean(train.lengths["visual"] == 0) + np.mean(train.lengths["text"] == 0) < 0.2  # dropped
+    blank = (np.abs(train.features["visual"]).sum((1, 2)) == 0) & (train.lengths["visual"] > 0)
+    assert 0.1 < blank.mean() < 0.3  # blank visual streams at full length
+    # heavy-tailed noise: the embedded profile's Gaussian noise has far fewer extreme values
+    # (a wide modality, so that a bump adds little to any one dimension)
+    wide = SynthConfig(samples=200, seq_len=20, dims={"text": 200}, profile="mosei-like")
+    x = make_synthetic(wide)["train"].features["text"]
+    gauss = make_synthetic(wide.model_copy(update={"profile": "embedded"}))["train"].features["text"]
+    assert np.mean(np.abs(x) > 5) > 20 * max(np.mean(np.abs(gauss) > 5), 1e-5)
+    assert _digest(cfg) != _digest(cfg.model_copy(update={"profile": "embedded"}))
+
+
+def test_profile_from_cli_api_and_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmerkit import api
+    from mmerkit.cli import app
+
+    res = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path / "cli"), "--samples", "40",
+                                   "--profile", "mosei-like"])
+    assert res.exit_code == 0, res.output
+    cli_store = FeatureStore(tmp_path / "cli")
+    assert cli_store.meta["name"] == "synthetic-mosei-like"
+    assert cli_store.meta["source"] == "mmerkit synthetic (mosei-like)"
+    py_store = api.data_synth(tmp_path / "py", samples=40, profile="mosei-like")
+    assert np.array_equal(py_store.split("test").features["audio"], cli_store.split("test").features["audio"])
+    # a config selects it as data.synthetic.profile (what `--set data.synthetic.profile=...` sets)
+    cached = api.embedded_store({"samples": 40, "profile": "mosei-like"})
+    assert np.array_equal(cached.split("test").labels, cli_store.split("test").labels)
+    with pytest.raises(ConfigError, match="Did you mean 'mosei-like'"):
+        SynthConfig(profile="mosei_like")

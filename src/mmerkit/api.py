@@ -107,8 +107,9 @@ def datasets_table() -> list[dict[str, str]]:
 
 
 def data_synth(out: str | Path, samples: int | None = None, seed: int | None = None,
-               overwrite: bool = False, **params: Any) -> FeatureStore:
-    """Write the embedded synthetic dataset as a FeatureStore at `out`."""
+               overwrite: bool = False, profile: str | None = None, **params: Any) -> FeatureStore:
+    """Write the embedded synthetic dataset as a FeatureStore at `out`; `profile` picks the
+    generator ("embedded", the default, or "mosei-like": docs/datasets.md)."""
     from mmerkit.data.synthetic import SynthConfig, write_synthetic
 
     check_writable_dir(out, "--out")
@@ -116,6 +117,8 @@ def data_synth(out: str | Path, samples: int | None = None, seed: int | None = N
         params["samples"] = samples
     if seed is not None:
         params["seed"] = seed
+    if profile is not None:
+        params["profile"] = profile
     return write_synthetic(out, SynthConfig(**params), overwrite=overwrite)
 
 

@@ -65,9 +65,12 @@ def data_synth(out: Path = typer.Option(..., "--out", help="store directory to c
                seed: int | None = typer.Option(None, help="generator seed"),
                missing_rate: float | None = typer.Option(None, help="rate of samples missing one modality"),
                label_noise: float | None = typer.Option(None, help="label flip rate in train"),
+               profile: str | None = typer.Option(None, help="generator: embedded (default) or mosei-like "
+                                                  "(docs/datasets.md)"),
                overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
-    """Write the embedded synthetic MOSEI-shaped dataset."""
-    extra = {k: v for k, v in {"missing_rate": missing_rate, "label_noise": label_noise}.items() if v is not None}
+    """Write the embedded synthetic MOSEI-shaped dataset (or another profile of it)."""
+    extra = {k: v for k, v in {"missing_rate": missing_rate, "label_noise": label_noise,
+                               "profile": profile}.items() if v is not None}
     store = api.data_synth(out, samples=samples, seed=seed, overwrite=overwrite, **extra)
     console.print(f"wrote {store}")
 

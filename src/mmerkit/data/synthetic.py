@@ -65,6 +65,7 @@ class SynthConfig(BaseModel, extra="forbid"):
     label_noise: float = Field(0.0, ge=0.0, le=1.0)  # P(flip) per label bit, train split only
     distractor_rate: float = Field(0.5, ge=0.0, le=1.0)  # P(a negative carries a label's decoy)
     short_rate: float = Field(0.3, ge=0.0, le=1.0)  # P(a sample is shorter than seq_len)
+    profile: str = "embedded"  # how samples are generated: a key of GENERATORS (docs/datasets.md)
 
     def __init__(self, **params):
         # a bad knob is the user's mistake: a ConfigError naming it (CLI flag and config key), no traceback
@@ -78,6 +79,14 @@ class SynthConfig(BaseModel, extra="forbid"):
     def _split_sums_to_one(cls, v):
         if min(v) < 0 or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {v}")
+        return v
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v):
+        if v not in PROFILE_NAMES:
+            raise ValueError(f"unknown profile {v!r}.{did_you_mean(v, list(PROFILE_NAMES))} "
+                             f"Profiles: {', '.join(PROFILE_NAMES)}")
         return v
 
     @field_validator("dims")
@@ -119,7 +128,13 @@ def _explain_synth(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-_CLI_FLAGS = ("samples", "seed", "missing_rate", "label_noise")
+_CLI_FLAGS = ("samples", "seed", "missing_rate", "label_noise", "profile")
+# every generator, with what it exercises (docs/datasets.md says more); "embedded" is the default
+PROFILE_NAMES = {
+    "embedded": "short localised evidence, conjunctions, smeared decoys; Gaussian noise",
+    "mosei-like": "speakers, heavy-tailed noise, a recurring distractor, MOSEI's skewed labels, "
+                  "evidence of varying length and mix, blank and missing streams, label flips",
+}
 
 
 def split_sizes(samples: int, split: tuple[float, float, float]) -> dict[str, int]:
@@ -308,6 +323,8 @@ def make_synthetic(cfg: SynthConfig | None = None) -> dict[str, SplitArrays]:
         ((6, 6), 'synth-train-00000')
     """
     cfg = cfg or SynthConfig()
+    if cfg.profile == "mosei-like":
+        return _make_mosei_like(cfg)
     n, profiles = cfg.samples, _profiles(cfg)
     dirs, nuis_dirs = _patterns(cfg)
     rng = np.random.default_rng([cfg.seed, 2])
@@ -374,8 +391,85 @@ def write_synthetic(path: str | os.PathLike, cfg: SynthConfig | None = None,
     if Path(path).exists() and not overwrite:
         raise DataError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) "
                         "or choose another --out")
-    return write_store(path, make_synthetic(cfg), list(cfg.labels), name="synthetic",
-                       source="mmerkit synthetic", aligned=True, overwrite=overwrite)
+    # the default profile keeps its name and source, so its stores and run names stay as they were
+    name = "synthetic" if cfg.profile == "embedded" else f"synthetic-{cfg.profile}"
+    source = "mmerkit synthetic" if cfg.profile == "embedded" else f"mmerkit synthetic ({cfg.profile})"
+    return write_store(path, make_synthetic(cfg), list(cfg.labels), name=name,
+                       source=source, aligned=True, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------- mosei-like profile
+
+# Label model of the "mosei-like" profile: CMU-MOSEI's frequencies (happy in about half the
+# samples, sad ~ a quarter, anger and disgust ~ a fifth, surprise and fear under a tenth) and its
+# co-occurrence (sad, anger and disgust together: one shared negative latent), and a modality
+# mix per label that differs from the embedded one (any label may show in any modality).
+_MOSEI_LIKE = (
+    _Profile(-0.3, 2.6, 0.2, ((0, 0.7), (1, 0.5), (2, 0.4))),  # happy
+    _Profile(-2.0, -2.2, -0.8, ((0, 0.6), (2, 0.6), (1, 0.3))),  # sad
+    _Profile(-2.4, -2.2, 1.2, ((2, 0.7), (0, 0.5), (1, 0.3))),  # anger
+    _Profile(-3.0, 0.4, 1.2, ((1, 0.6), (2, 0.5), (0, 0.3))),  # surprise
+    _Profile(-2.6, -2.4, 0.3, ((0, 0.7), (1, 0.4), (2, 0.3))),  # disgust
+    _Profile(-3.4, -0.9, 1.0, ((2, 0.6), (1, 0.5), (0, 0.3))),  # fear
+)
+_SPEAKER_SIZE = 10  # samples per speaker (speakers are contiguous: splits share few speakers)
+_SPEAKER_OFFSET = 1.0  # std per dimension of a speaker's offset (the embedded per-sample one: 0.5)
+_T_DOF = 3.0  # Student-t noise: heavy tails (rescaled to unit variance)
+_DISTRACTOR_RATE = 0.5  # P(a sample carries the recurring distractor), whatever its labels
+_BLANK_RATE = 0.2  # P(a sample's visual-like stream is all zeros at full length: no face found)
+_DROP_RATE = 0.1  # P(a sample loses one random modality: length 0)
+_FLIP_RATE = 0.02  # P(a label bit is flipped) in every split: annotators disagree on test too
+
+
+def _make_mosei_like(cfg: SynthConfig) -> dict[str, SplitArrays]:
+    """The "mosei-like" profile (docs/datasets.md): nuisance that real corpora have and the
+    embedded profile lacks. Same config -> identical arrays."""
+    n, names = cfg.samples, list(cfg.dims)
+    profiles = [_MOSEI_LIKE[i % len(_MOSEI_LIKE)] for i in range(len(cfg.labels))]
+    dirs, nuis_dirs = _patterns(cfg)
+    rng = np.random.default_rng([cfg.seed, 3])
+    distractor = {m: _unit(rng, (d,)) for m, d in cfg.dims.items()}
+    y = _draw_labels(rng, n, profiles)
+    length = _draw_lengths(rng, n, cfg)
+    speaker = np.arange(n) // _SPEAKER_SIZE
+    feats = {}
+    for m, d in cfg.dims.items():
+        x = (rng.standard_t(_T_DOF, size=(n, cfg.seq_len, d)) / np.sqrt(_T_DOF / (_T_DOF - 2))).astype(np.float32)
+        x *= np.float32(cfg.difficulty)
+        offsets = rng.standard_normal((speaker[-1] + 1, 1, d)) * (cfg.difficulty * _SPEAKER_OFFSET)
+        scales = rng.uniform(0.7, 1.4, size=(speaker[-1] + 1, 1, 1))  # a speaker's loudness / expressiveness
+        feats[m] = (x * scales[speaker] + offsets[speaker]).astype(np.float32)
+    _varied_evidence(rng, feats, y, length, profiles, dirs)
+    _nuisance(rng, feats, length, nuis_dirs, cfg.difficulty)
+    # the recurring distractor: one fixed direction per modality, strong and long, label-free
+    for m in names:
+        rows = np.flatnonzero(rng.random(n) < _DISTRACTOR_RATE)
+        width = np.minimum(np.full(rows.size, 6), length[rows])
+        amp = 1.5 * _AMP * rng.uniform(0.8, 1.2, rows.size)
+        _add_bumps(feats[m], rows, _random_start(rng, length[rows], width), width, distractor[m], amp)
+    if len(names) > 1:
+        feats[names[1]][rng.random(n) < _BLANK_RATE] = 0.0
+    lengths = _drop_modalities(rng, feats, length, min(1.0, cfg.missing_rate + _DROP_RATE))
+    for m, x in feats.items():
+        x[np.arange(cfg.seq_len)[None, :] >= lengths[m][:, None]] = 0.0
+    y = _flip(rng, y, _FLIP_RATE)
+    return _split(rng, feats, lengths, y, cfg)
+
+
+def _varied_evidence(rng, feats, y, length, profiles, dirs) -> None:
+    """Each positive label leaves a bump of 1-12 steps (peak 0.5-1.2 x the embedded one) in a
+    random subset of its modalities (at least one), at a random position."""
+    names = list(feats)
+    for j, prof in enumerate(profiles):
+        mods = [names[pos % len(names)] for pos, _ in prof.mix]
+        pos = np.flatnonzero(y[:, j] == 1)
+        shows = rng.random((pos.size, len(mods))) < np.array([p for _, p in prof.mix])
+        shows[~shows.any(1), 0] = True
+        for k, m in enumerate(mods):
+            rows = pos[shows[:, k]]
+            width = np.minimum(rng.integers(1, 13, size=rows.size), length[rows])
+            amp = _AMP * rng.uniform(0.5, 1.2, rows.size)
+            _add_bumps(feats[m], rows, _random_start(rng, length[rows], width), width, dirs[m][j], amp)
 
 
 # ----------------------------------------------------------------------------- baseline
