@@ -22,7 +22,6 @@ import numpy as np
 
 from mmerkit.extract.base import Clip, MediaError, require
 
-
 # first bytes of files that FFmpeg opens (images become one-frame "videos") but are not clips
 _NOT_MEDIA = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
               b"%PDF": "a PDF document", b"\x7fELF": "an executable", b"{": "JSON text"}
