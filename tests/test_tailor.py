@@ -52,7 +52,8 @@ def test_defaults_are_the_authors():
     # the packaged recipe departs in the decoder's init and the optimiser only (tailor.py, Recipe)
     packaged = load_config("tailor", None, None)
     assert packaged.optim.optimizer == "adamw" and packaged.optim.lr == 5e-5
-    assert build_model_config("tailor", packaged.model) == c.model_copy(update={"decoder_init": "xavier"})
+    assert build_model_config("tailor", packaged.model) == c.model_copy(
+        update={"decoder_init": "xavier", "ctc_input_lengths": "frames"})
     for cfg in (authors, packaged):
         assert cfg.train.batch_size == 64 and cfg.train.seed == 42 and cfg.train.epochs == 20
     assert small().threshold == 0.35
@@ -276,7 +277,7 @@ def _input_dependence(init_std: float, seed: int, decoder_init: str = "bert") ->
     model = create_model("tailor", spec, {
         "hidden_size": 64, "num_heads": 4, "intermediate_size": 128, "fusion_layers": 1,
         "layers": {"text": 1, "visual": 1, "audio": 1}, "init_std": init_std,
-        "decoder_init": decoder_init}).eval()
+        "decoder_init": decoder_init, "disc_hidden": 128}).eval()  # the draws the figures came from
     with torch.no_grad():
         logits = model(make_batch(spec, b=16, t=20)).logits
     return float(logits.std(0).pow(2).mean().sqrt() / logits.pow(2).mean().sqrt())
@@ -366,3 +367,31 @@ def test_ctc_term_of_a_batch_is_the_sum_of_its_samples_terms():
                      batch.present[1:], batch.labels[1:], batch.index[1:], batch.modalities))]
     assert alone[0] > 0
     torch.testing.assert_close(together, alone[0] + alone[1], atol=1e-4, rtol=1e-5)
+
+
+def test_release_fidelity_options_aligner_channels_ctc_lengths_decay_and_discriminator():
+    """Issue 22 item 6: the release's aligner has (text length + 1) channels, its discriminator
+    hidden // 2 units, its input LayerNorm gains are decayed; `ctc_input_lengths: aligned` gives
+    the release's CTC input length (the aligned text length, the class default), "frames"
+    (mmerkit's recipe) each sample's."""
+    spec = DataSpec(("a", "b", "c"), {"text": 6, "visual": 4, "audio": 5}, False,
+                    {"text": 10, "visual": 40, "audio": 40})
+    params = {**TAILOR.test_params, "disc_hidden": None}
+    model = create_model("tailor", spec, params)
+    assert all(a.lstm.hidden_size == 11 for a in model.aligners.values())  # 10 positions + blank
+    assert model.max_steps()["text"] == 10
+    assert model.refine.discriminator[0].out_features == model.config.hidden_size // 2
+    decayed = {id(p) for p in model.param_groups(0.01)[0]["params"]}
+    assert all(id(n.weight) in decayed and id(n.bias) not in decayed for n in model.norms.values())
+    wide = create_model("tailor", spec, {**params, "aligner_positions": "positions"})
+    assert all(a.lstm.hidden_size == 61 for a in wide.aligners.values())  # max(60, 10) + 1
+    g = torch.Generator().manual_seed(0)
+    inputs = {m: torch.randn(2, t, d, generator=g) for (m, d), t in zip(spec.modalities.items(), (10, 40, 40),
+                                                                          strict=True)}
+    masks = {m: torch.ones(2, x.shape[1], dtype=torch.bool) for m, x in inputs.items()}
+    batch = Batch(inputs, masks, torch.ones(2, 3, dtype=torch.bool), torch.ones(2, 3), torch.arange(2),
+                  spec.modality_names)
+    frames = [n for _, n, _ in model(batch).aux["ctc"]]  # create_model: mmerkit's recipe
+    release = create_model("tailor", spec, params, preset="tailor-authors")
+    aligned = [n for _, n, _ in release(batch).aux["ctc"]]
+    assert all(n.tolist() == [40, 40] for n in frames) and all(n.tolist() == [10, 10] for n in aligned)

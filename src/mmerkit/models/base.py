@@ -131,12 +131,18 @@ class MMERModel(nn.Module):
         decides (LP's label sets). Neural models have none."""
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: no decay on biases and normalisation gains (BERT convention)."""
+        """AdamW groups: no decay on biases and normalisation gains (BERT convention), except the
+        input LayerNorms' gains where the config's `decay_input_norms` is true."""
         decay, no_decay = [], []
+        # the releases whose name rule decays their input LayerNorms' gains (TAILOR, LDDU) say so
+        # with `decay_input_norms`; those LayerNorms are the model's `norms` ModuleDict
+        norms = getattr(self, "norms", None) if getattr(self.config, "decay_input_norms", False) else None
+        gains = {id(n.weight) for n in norms.values()} if isinstance(norms, nn.ModuleDict) else set()
         for n, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            (no_decay if p.ndim < 2 or "norm" in n.lower() else decay).append(p)
+            no = (p.ndim < 2 or "norm" in n.lower()) and id(p) not in gains
+            (no_decay if no else decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 

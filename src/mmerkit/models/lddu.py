@@ -258,17 +258,6 @@ class LDDU(MMERModel):
         """Each encoder's position table: at least 60 rows (the release's), or the store's longest."""
         return {m: enc.positions.num_embeddings for m, enc in self.encoders.items()}
 
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """The base rule (no decay on biases and gains), except that with `decay_input_norms`
-        the input LayerNorms' gains are decayed, as the release's name-based rule does."""
-        groups = super().param_groups(weight_decay)
-        if not self.config.decay_input_norms:
-            return groups
-        gains = {id(n.weight) for n in self.norms.values()}
-        groups[0]["params"] += [p for p in groups[1]["params"] if id(p) in gains]
-        groups[1]["params"] = [p for p in groups[1]["params"] if id(p) not in gains]
-        return groups
-
     def forward(self, batch: Batch) -> ModelOutput:
         present = batch.present.to(batch.labels.device)
         zs, mus, sigmas = [], [], []

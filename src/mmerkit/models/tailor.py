@@ -26,7 +26,7 @@ Losses (§2.2-2.3; the names are the keys of `loss()`, each already multiplied b
     cml          cml_weight  * BCE(sigmoid(Drop_0.1(W C[:, 0])), y)   common-label loss
     ctc          ctc_weight  * sum_{m>0} CTC(align_m -> text)   unaligned data only; each CTC is
                  summed over the batch (warp-ctc's reduction in the release, §4.2)
-with D = Linear(d -> 128) -> Drop_0.1 -> ReLU -> Linear(128 -> M) and the authors' hard-coded
+with D = Linear(d -> d/2) -> Drop_0.1 -> ReLU -> Linear(d/2 -> M) and the authors' hard-coded
 weights adv 0.01, diff 5e-6, cml 0.5, ctc 0.5 as config defaults.
 
 Recipe. `TailorConfig`'s defaults are the authors' model; the `tailor-authors` preset is their
@@ -88,6 +88,15 @@ Departures from the authors' code, and why:
   B x T times smaller). It only exists when the aligner is used. A sample without text is
   aligned onto its own length (capped; layers.aligned_lengths) and left out of the CTC term, so
   its audio and visual inputs still count (aligning onto zero text steps masked them away).
+  As in the release, the aligner has one channel per text position of the store plus the blank
+  (`aligner_positions: text`: 51 for 50-step text; "positions" gives max(max_positions, text) +
+  1 as mmerkit had, which lets longer texts through at inference). Named fix in mmerkit's
+  recipe (configs/models/tailor.yaml), `ctc_input_lengths: frames`: the CTC input length of a
+  sample is its own frame count; the release (the class default, "aligned") passes the
+  post-alignment length (50) for every sample, so its CTC reads only the first 50 of ~500 frames.
+- Weight decay: as the release's name rule, the input LayerNorms' gains are decayed
+  (`decay_input_norms: true`; other biases and gains are not). The discriminator's hidden
+  width is hidden_size // 2 by default (`disc_hidden: null`; the release's 128 at d 256).
 - M modalities instead of exactly three: the descent starts from the last two modalities
   ([p_{M-1} ; p_{M-2}], i.e. [audio ; visual]) and prepends one modality per encoder
   ([p_m ; fused]), then fuses with C; M = 3 gives the authors' chain. M encoders in all.
@@ -148,7 +157,7 @@ class TailorConfig(ModelConfig):
     private_dropout: float = 0.1
     common_dropout: float = 0.3
     head_dropout: float = 0.1  # on the label logits and the common-label logits
-    disc_hidden: int = 128
+    disc_hidden: int | None = Field(None, ge=1)  # None: hidden_size // 2 (the release's 128 at 256)
     disc_dropout: float = 0.1
     max_positions: int = 60  # unimodal tables; raised to the data's longest sequence
     fusion_max_positions: int = 240  # raised to (M + 1) x the unimodal length
@@ -166,6 +175,14 @@ class TailorConfig(ModelConfig):
     ctc_weight: float = 0.5  # only when the aligner is used (unaligned data)
     # unaligned data: "auto" = soft CTC aligner when the DataSpec says the store is unaligned
     aligner: Literal["auto", "none", "ctc"] = "auto"
+    # the aligner's target positions: "text" = the store's longest text (the release's
+    # CTCModule(in_dim, 50): 51 channels with the blank); "positions" = max(max_positions, that)
+    aligner_positions: Literal["text", "positions"] = "text"
+    # CTC input length per sample: "aligned" = the release's, the post-alignment (text) length,
+    # so CTC reads only the first 50 frames; "frames" (mmerkit's recipe, a named fix) = its own
+    ctc_input_lengths: Literal["frames", "aligned"] = "aligned"
+    # the release names its input LayerNorms so that its name rule decays their gains
+    decay_input_norms: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> TailorConfig:
@@ -312,13 +329,16 @@ class TAILOR(MMERModel):
         lens = [spec.max_len.get(m, 0) for m in (self.mods[:1] if self.use_aligner else self.mods)]
         self.seq_len = max([c.max_positions, *lens])
         self.norms = nn.ModuleDict({m: input_norm(spec.modalities[m]) for m in self.mods})
-        self.aligners = nn.ModuleDict({m: SoftAligner(spec.modalities[m], self.seq_len)
+        text_len = spec.max_len.get(self.mods[0], 0)
+        self.align_len = text_len if c.aligner_positions == "text" and text_len else self.seq_len
+        self.aligners = nn.ModuleDict({m: SoftAligner(spec.modalities[m], self.align_len)
                                        for m in self.mods[1:]} if self.use_aligner else {})
         self.extractors = nn.ModuleDict({
             m: TransformerEncoder(spec.modalities[m], d, c.layers.get(m, c.default_layers),
                                   c.num_heads, c.intermediate_size, c.dropout, self.seq_len)
             for m in self.mods})
-        self.refine = CommonPrivate(d, M, c.private_dropout, c.common_dropout, c.disc_hidden, c.disc_dropout)
+        self.refine = CommonPrivate(d, M, c.private_dropout, c.common_dropout, c.disc_hidden or d // 2,
+                                    c.disc_dropout)
         fusion_len = max(c.fusion_max_positions, (M + 1) * self.seq_len)
         self.fusion = nn.ModuleList(
             FusionEncoder(d, c.fusion_layers, c.num_heads, c.intermediate_size, c.dropout, fusion_len)
@@ -342,7 +362,7 @@ class TAILOR(MMERModel):
         ref_mask = batch.masks[self.mods[0]]
         if self.use_aligner:  # the text's steps; a sample without text keeps its own (aligned_lengths)
             t = max([batch.inputs[self.mods[0]].shape[1], *(
-                int(aligned_lengths(batch.masks[m], ref_mask, self.seq_len).max())
+                int(aligned_lengths(batch.masks[m], ref_mask, self.align_len).max())
                 for m in self.aligners if ref_mask.shape[0])])
         else:
             t = max(batch.inputs[m].shape[1] for m in self.mods)
@@ -351,7 +371,8 @@ class TAILOR(MMERModel):
             x, mask = self.norms[m](batch.inputs[m].float()), batch.masks[m]
             if m in self.aligners:
                 x, aligned_mask, scores, _ = align_to_reference(self.aligners[m], x, mask, ref_mask, t)
-                aux.setdefault("ctc", []).append((scores, mask.sum(1), ref_mask.sum(1)))
+                frames = mask.sum(1) if self.config.ctc_input_lengths == "frames" else ref_mask.sum(1)
+                aux.setdefault("ctc", []).append((scores, frames.clamp(max=scores.shape[1]), ref_mask.sum(1)))
                 mask = aligned_mask
             x, mask = pad_steps(x, mask, t)
             xs.append(x)
@@ -376,7 +397,9 @@ class TAILOR(MMERModel):
 
     def max_steps(self) -> dict[str, int | None]:
         # unaligned: every modality is soft-aligned onto the text's steps, so only text is capped
-        return {m: self.seq_len if i == 0 or not self.use_aligner else None for i, m in enumerate(self.mods)}
+        if not self.use_aligner:
+            return {m: self.seq_len for m in self.mods}
+        return {m: min(self.seq_len, self.align_len) if i == 0 else None for i, m in enumerate(self.mods)}
 
     def forward(self, batch: Batch) -> ModelOutput:
         aux: dict = {}
