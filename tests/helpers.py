@@ -110,6 +110,19 @@ def mmer_fails(capsys, *args: str) -> str:
     return err
 
 
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`mmer ARGS` in this process: (exit code, stdout, stderr)."""
+    from mmerkit.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def mmer_ok(*args: str) -> None:
     """`mmer ARGS` succeeds (typer's standalone mode exits with code 0)."""
     from mmerkit.cli import main

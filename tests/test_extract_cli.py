@@ -17,10 +17,9 @@ import torch
 
 pytest.importorskip("av", reason="PyAV writes and decodes the test clips: pip install 'mmerkit[media]'")
 
-from helpers import TINY, toy_store  # noqa: E402
+from helpers import TINY, run_cli, toy_store  # noqa: E402
 
 from mmerkit import api  # noqa: E402
-from mmerkit.cli import main  # noqa: E402
 from mmerkit.data.store import FeatureStore  # noqa: E402
 from mmerkit.errors import DataError  # noqa: E402
 from mmerkit.extract.demo import write_clip  # noqa: E402
@@ -29,16 +28,6 @@ from mmerkit.predict import Predictor  # noqa: E402
 torch.set_num_threads(1)
 TESTS = Path(__file__).parent
 FAKE_OPTS = ["--text", "fake_text", "--audio", "fake_audio", "--visual", "fake_visual", "--plugin", "fake_extractors"]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -15,25 +15,14 @@ import torch
 
 pytest.importorskip("av", reason="PyAV writes and decodes the test clips: pip install 'mmerkit[media]'")
 
-from helpers import extracted_export  # noqa: E402
+from helpers import extracted_export, run_cli  # noqa: E402
 
-from mmerkit.cli import main  # noqa: E402
 from mmerkit.extract.decode import decode  # noqa: E402
 from mmerkit.extract.demo import write_recording  # noqa: E402
 from mmerkit.extract.timeline import decode_stream  # noqa: E402
 from mmerkit.predict import Predictor, Timeline  # noqa: E402
 
 torch.set_num_threads(1)
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def tone(seconds: float, freq: float = 220.0, sample_rate: int = 16000) -> np.ndarray:

@@ -45,8 +45,8 @@ from mmerkit.serve.media import (
 )
 from mmerkit.serve.model import ServedModel
 from mmerkit.serve.schemas import ERRORS, PredictResponse
-from mmerkit.serve.timeline import timeline_response
 from mmerkit.serve.settings import ServeSettings
+from mmerkit.serve.timeline import timeline_response
 
 log = logging.getLogger("mmerkit.serve")
 

@@ -455,45 +455,17 @@ class MediaWorkers:
 
     async def extract(self, path: Path, transcript: str | None,
                       kind: str = "media") -> tuple[dict[str, np.ndarray], str | None, dict[str, Any]]:
-        if self.closing:
-            raise _shutting_down()
-        if self.full():
-            raise RequestError(503, "file", f"{self.in_flight} clips are being processed already",
-                               "retry in a few seconds", headers={"Retry-After": "2"})
-        self.in_flight += 1
-        try:
-            idle = self._ensure_started()
-            worker = await idle.get()
-            try:
-                fut = worker.submit(_featurize, self.featurizer, str(path), transcript, self.config, kind,
-                                    self.max_seconds)
-                result = await asyncio.wrap_future(fut)
-            except BrokenProcessPool:
-                if self.closing:
-                    raise _shutting_down() from None
-                worker = self._replace(worker)
-                raise RequestError(422, "file", "made the feature extractor crash", "check that the file plays "
-                                   "in a media player; re-encode it (e.g. to mp4/h264)") from None
-            except RequestError:
-                raise
-            except Exception as e:
-                if self.closing:
-                    raise _shutting_down() from None
-                raise _extraction_error(e, path) from None
-            finally:
-                if not self.closing:
-                    idle.put_nowait(worker)
-        finally:
-            self.in_flight -= 1
+        result = await self.run_job((_featurize, self.featurizer, str(path), transcript, self.config, kind,
+                                     self.max_seconds), path, "clips")
         if result[0] == "error":
             _, status, field, message, fix = result
             raise RequestError(status, field, message, fix)
         _, feats, used, info = result
         return feats, used, info
 
-    async def run_job(self, call: tuple, what: str = "recordings") -> Any:
-        """Run `call` (a picklable function and its arguments) on a worker, with the same
-        bounded wait and crash handling as `extract`; returns its result."""
+    async def run_job(self, call: tuple, path: Path, what: str = "recordings") -> Any:
+        """Run `call` (a picklable function and its arguments, about the upload at `path`) on a
+        worker, after a bounded wait for one; a crashed worker is replaced and only its job fails."""
         if self.closing:
             raise _shutting_down()
         if self.full():
@@ -511,6 +483,12 @@ class MediaWorkers:
                 worker = self._replace(worker)
                 raise RequestError(422, "file", "made the feature extractor crash", "check that the file plays "
                                    "in a media player; re-encode it (e.g. to mp4/h264)") from None
+            except RequestError:
+                raise
+            except Exception as e:
+                if self.closing:
+                    raise _shutting_down() from None
+                raise _extraction_error(e, path) from None
             finally:
                 if not self.closing:
                     idle.put_nowait(worker)

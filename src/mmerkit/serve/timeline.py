@@ -93,7 +93,7 @@ async def timeline_response(request: Request, state: Any) -> StreamingResponse:
         folder = Path(tempfile.mkdtemp(prefix="timeline-", dir=state.uploads.path))
         job = asyncio.ensure_future(state.media.run_job(
             (timeline_job, str(upload.path), state.extractors, kind, state.settings.max_timeline_seconds,
-             window, hop, str(folder))))
+             window, hop, str(folder)), upload.path))
         info = await _accepted(job, folder)
     except BaseException:
         _remove(upload, folder)
