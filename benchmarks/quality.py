@@ -13,6 +13,15 @@ threshold on validation, test evaluated once), plus the pooled-feature logistic 
     python benchmarks/quality.py --suite --plan                          # its steps and time estimate
     python benchmarks/quality.py --suite --tiny --out /tmp/suite         # the same at test size, CPU
     python benchmarks/quality.py --tuned --trials 8 --epochs 6 --only carat late_fusion-w64 tailor mult
+    python benchmarks/quality.py --robustness --out runs/robust           # every neural model x data
+    python benchmarks/quality.py --robustness --only tailor amp --profiles mosei-like --seeds 1
+    python benchmarks/quality.py --robustness --tiny --out /tmp/robust    # test size, CPU (tests)
+
+`--robustness` trains every neural model at its CPU-width entry (ROBUSTNESS) on every data set
+of ROBUSTNESS_DATA (each synthetic profile, and the real AVEC/IEMOCAP features of
+../shared/data when present) and reports, per cell, the test micro-F1 mean ± std and its
+margin over the best constant label set of that test split (mean margin, and the smallest
+margin of any seed). Results go to OUT/robustness.json and a markdown table.
 
 `--tuned` compares each entry's packaged recipe with what `mmer tune` finds at an equal budget:
 every entry gets the same number of trials of the same number of epochs (its `--set`s stay
@@ -108,18 +117,29 @@ SUITE_THROUGHPUT = [("carat", "chunked"), ("carat", "dense"), ("lddu", "chunked"
 # 60 samples of 8 steps, one epoch, one seed: what CI runs on CPU (tests/test_quality_table.py)
 TINY_DATA = ["data.synthetic.samples=60", "data.synthetic.seq_len=8", "train.batch_size=16"]
 REPORTED = ("micro_f1", "accuracy", "macro_f1", "hamming_loss")
+# --robustness: every neural model at its CPU-width entry (tests/test_quality_table.py checks
+# that this covers the registry's neural models) ...
+ROBUSTNESS = ["carat", "ramer", "tailor", "amp", "univa", "lddu", "early_fusion", "late_fusion", "mult"]
+# ... on every data set: a synthetic profile is `--set`s; "iemocap" is a store built from the
+# AVEC/IEMOCAP utterance features (avec_store). mosei-like has the issue-25 file's sizes
+# (1,000 / 200 / 400).
+MOSEI_LIKE = ["data.synthetic.profile=mosei-like", "data.synthetic.samples=1600",
+              "data.synthetic.split=[0.625,0.125,0.25]"]
+ROBUSTNESS_DATA: dict[str, list[str]] = {"embedded": [], "mosei-like": MOSEI_LIKE, "iemocap": []}
+AVEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "avec_iemocap_dimensional"
 
 
 def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def run_entry(name: str, seeds: list[int], out: Path, extra: list[str], epochs: int | None) -> dict:
+def run_entry(name: str, seeds: list[int], out: Path, extra: list[str], epochs: int | None,
+              data: Path | None = None) -> dict:
     from mmerkit import api
 
     model, config, sets = ENTRIES[name]
     start = time.perf_counter()
-    results = api.train(model, None, out=out / name, seeds=seeds, config=config, epochs=epochs,
+    results = api.train(model, data, out=out / name, seeds=seeds, config=config, epochs=epochs,
                         overrides=[*sets, *extra, "train.progress=false"])
     row = {"entry": name, "model": model, "config": config, "overrides": [*sets, *extra], "seeds": seeds,
            "seconds": round(time.perf_counter() - start, 1)}
@@ -129,7 +149,8 @@ def run_entry(name: str, seeds: list[int], out: Path, extra: list[str], epochs: 
     labels = sorted(k for k in results[0].test_metrics if k.startswith("f1/"))
     for key in labels:
         row[key] = summarise([r.test_metrics[key] for r in results])
-    trivial = constant_baseline([*sets, *extra])
+    trivial = (constant_baseline([*sets, *extra]) if data is None
+               else best_constant_micro_f1(api.FeatureStore(data).split("test").labels))
     row["per_seed"] = [per_seed(seed, r, labels, trivial) for seed, r in zip(seeds, results, strict=True)]
     return row
 
@@ -331,6 +352,74 @@ def run_suite(out: Path, seeds: list[int], tiny: bool, device: str) -> None:
     print(comparison_table([out / "quality.json"]))
 
 
+def avec_store(out: Path) -> Path:
+    """The AVEC/IEMOCAP utterance features (arousal, valence: 2 labels) as a store, through the
+    `custom` converter as a user would: a fixed random 70/10/20 split, features standardised
+    with train statistics (the same recipe as tests/test_real_data.py)."""
+    import numpy as np
+
+    from mmerkit.data.custom import convert_custom
+
+    path = out / "avec-store"
+    if (path / "meta.json").exists():
+        return path
+    def load(name):
+        return np.loadtxt(AVEC_DIR / name, delimiter=",", dtype=np.float32, ndmin=2)
+    feats = {"audio": load("uttAVEC_GeMAPS.csv"), "text": load("uttAVEC_CSA.csv"), "prosody": load("utt_AVEC_GP+DN.csv")}
+    y = load("uttAVEC_biAV.csv").astype(np.uint8)
+    n = len(y)
+    order = np.random.RandomState(0).permutation(n)
+    split = np.empty(n, dtype="<U5")
+    split[order[: int(0.7 * n)]], split[order[int(0.7 * n): int(0.8 * n)]] = "train", "valid"
+    split[order[int(0.8 * n):]] = "test"
+    train = split == "train"
+    feats = {m: (x - x[train].mean(0)) / (x[train].std(0) + 1e-6) for m, x in feats.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "avec.npz", **feats, labels=y, label_names=np.array(["arousal", "valence"]), split=split,
+             ids=np.array([f"utt{i}" for i in range(n)]))
+    convert_custom(out / "avec.npz", path, empty_labels="allow", overwrite=True)
+    return path
+
+
+def robustness_cell(row: dict) -> dict:
+    """One cell: test micro-F1 mean/std and the margin over the best constant label set."""
+    margins = [s["micro_f1"] - s["constant_micro_f1"] for s in row["per_seed"]]
+    return {"entry": row["entry"], "micro_f1": row["micro_f1"], "constant_micro_f1": row["per_seed"][0]["constant_micro_f1"],
+            "margin": statistics.fmean(margins), "min_margin": min(margins), "seeds": row["seeds"],
+            "per_seed": row["per_seed"], "overrides": row["overrides"], "seconds": row["seconds"]}
+
+
+def run_robustness(out: Path, names: list[str], datasets: list[str], seeds: list[int], epochs: int | None,
+                   tiny: bool, extra: list[str]) -> list[dict]:
+    """Every entry x data set; OUT/robustness.json is rewritten after each cell."""
+    out.mkdir(parents=True, exist_ok=True)
+    cells = []
+    for dataset in datasets:
+        if dataset == "iemocap" and not AVEC_DIR.is_dir():
+            print(f"iemocap: {AVEC_DIR} not found, skipped", flush=True)
+            continue
+        data = avec_store(out) if dataset == "iemocap" else None
+        for name in names:
+            sets = [*ROBUSTNESS_DATA[dataset], *extra]
+            if tiny:
+                sets += [*(TINY_DATA if data is None else TINY_DATA[2:]), *tiny_overrides(ENTRIES[name][0])]
+            row = run_entry(name, seeds, out / dataset, sets, 1 if tiny else epochs, data=data)
+            cells.append({"data": dataset, **robustness_cell(row)})
+            (out / "robustness.json").write_text(json.dumps(cells, indent=2))
+            print(robustness_markdown(cells[-1:]).splitlines()[-1], flush=True)
+    return cells
+
+
+def robustness_markdown(cells: list[dict]) -> str:
+    lines = ["| data | entry | test micro-F1 | best constant | margin (mean) | margin (worst seed) | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for c in cells:
+        m = c["micro_f1"]
+        lines.append(f"| {c['data']} | {c['entry']} | {m['mean']:.3f} ± {m['std']:.3f} | {c['constant_micro_f1']:.3f} "
+                     f"| {c['margin']:+.3f} | {c['min_margin']:+.3f} | {' '.join(map(str, c['seeds']))} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=[*ENTRIES, "pooled_logreg"], help="entries to run")
@@ -341,7 +430,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/quality"))
     p.add_argument("--table", nargs="+", type=Path, help="print one table from saved quality.json files")
     p.add_argument("--suite", action="store_true", help="the full-width suite (SUITE, SUITE_THROUGHPUT)")
-    p.add_argument("--tiny", action="store_true", help="with --suite: every entry at test size, 1 epoch, 1 seed")
+    p.add_argument("--tiny", action="store_true",
+                   help="with --suite / --robustness: every entry at test size, 1 epoch, 1 seed")
+    p.add_argument("--robustness", action="store_true", help="every neural model on every data set (ROBUSTNESS)")
+    p.add_argument("--profiles", nargs="+", choices=list(ROBUSTNESS_DATA), help="with --robustness: data sets")
     p.add_argument("--plan", action="store_true", help="with --suite: print each entry's steps and the estimate")
     p.add_argument("--ms-per-step", type=float, default=60.0, help="--plan's assumed time of one step")
     p.add_argument("--device", default="cuda", help="--suite's throughput device (training uses the engine's)")
@@ -358,6 +450,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{row['entry']:22s} {row['epochs']:3d} epochs x batch {row['batch_size']:3d}: {row['steps']:6d} steps")
         total = sum(r["steps"] for r in plan)
         print(f"{total} steps; at {args.ms_per_step:.0f} ms a step about {total * args.ms_per_step / 3.6e6:.1f} h")
+        return
+    if args.robustness:
+        bad = [n for n in args.only or [] if n not in ROBUSTNESS]
+        if bad:
+            p.error(f"--robustness --only: {bad[0]} is not one of ROBUSTNESS ({', '.join(ROBUSTNESS)})")
+        cells = run_robustness(args.out, args.only or ROBUSTNESS, args.profiles or list(ROBUSTNESS_DATA),
+                               args.seeds[:1] if args.tiny else args.seeds, args.epochs, args.tiny, args.set)
+        print(robustness_markdown(cells))
         return
     if args.suite:
         seeds = args.seeds[:1] if args.tiny else args.seeds

@@ -59,3 +59,28 @@ def test_full_width_suite_tiny_runs_every_entry_and_writes_what_the_table_reads(
     assert len(table) == 2 + len(quality.SUITE)
     plan = quality.suite_plan([1, 2, 3])
     assert [p["entry"] for p in plan] == quality.SUITE and all(p["steps"] > 0 for p in plan)
+
+
+def test_robustness_covers_every_neural_model(quality):
+    """--robustness must not silently leave out a model added to the registry."""
+    from mmerkit.models.base import list_models, model_class
+
+    neural = {n for n in list_models() if not model_class(n).closed_form}
+    covered = {quality.ENTRIES[e][0] for e in quality.ROBUSTNESS}
+    assert neural <= covered, f"add to ROBUSTNESS: {sorted(neural - covered)}"
+
+
+def test_robustness_tiny_writes_cells_with_margins(quality, tmp_path):
+    """`quality.py --robustness --tiny`: each cell has the test micro-F1 and its margin over the
+    best constant label set of that data set's test split (the profiles differ, so do constants)."""
+    quality.main(["--robustness", "--tiny", "--only", "late_fusion", "--out", str(tmp_path)])
+    cells = json.loads((tmp_path / "robustness.json").read_text())
+    wanted = ["embedded", "mosei-like"] + (["iemocap"] if quality.AVEC_DIR.is_dir() else [])
+    assert [c["data"] for c in cells] == wanted
+    for c in cells:
+        seed = c["per_seed"][0]
+        assert c["margin"] == pytest.approx(seed["micro_f1"] - seed["constant_micro_f1"])
+        assert 0 < c["constant_micro_f1"] <= 1
+    assert cells[0]["constant_micro_f1"] != cells[1]["constant_micro_f1"]
+    table = quality.robustness_markdown(cells).splitlines()
+    assert len(table) == 2 + len(cells) and table[3].startswith("| mosei-like | late_fusion |")
