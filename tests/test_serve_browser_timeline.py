@@ -107,6 +107,7 @@ def test_an_uploaded_recording_fills_the_timeline(site):
     assert shown[0]["missing"] == "visual" and shown[1]["missing"] == ""
     assert "5 windows" in browser.find_element(By.ID, "timeline-status").text
     ARTIFACTS.mkdir(exist_ok=True)
+    browser.execute_script("document.getElementById('over-time').scrollIntoView()")
     browser.save_screenshot(str(ARTIFACTS / "serve_timeline.png"))
 
 
