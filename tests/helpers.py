@@ -149,7 +149,7 @@ def assert_beats_every_constant(test_metrics: dict) -> None:
     assert sum(v > 0 for v in f1.values()) >= 3, f1
 
 
-def extracted_export(root: Path) -> Path:
+def extracted_export(root: Path, align: str = "none") -> Path:
     """An export of a one-epoch late fusion on a store that `mmer extract` made from 8 generated
     clips with the fake extractors (tests/fake_extractors.py, recogniser included): a model that
     takes media, in milliseconds."""
@@ -166,7 +166,7 @@ def extracted_export(root: Path) -> Path:
         rows.append(f"c{k},c{k}.mp4,clip {k} speaks,{'joy' if k % 2 else 'anger;sad'},{splits[k]}")
     (root / "m.csv").write_text("\n".join(rows) + "\n")
     fake = ExtractConfig(text="fake_text", audio="fake_audio", visual="fake_visual", asr_model="fake_asr",
-                         plugins=["fake_extractors"])
+                         plugins=["fake_extractors"], align=align, asr="on" if align == "words" else "auto")
     api.extract(root / "m.csv", root / "store", config=fake)
     [run] = api.train("late_fusion", root / "store", out=root / "runs", epochs=1,
                       overrides=[*TINY, "train.progress=false", "train.batch_size=4"])

@@ -220,3 +220,19 @@ def test_browser_webm_recordings_decode_and_give_a_timeline(export, tmp_path, co
     assert sum(len(p.frames) for p in pieces) == pytest.approx(25, abs=1)
     tl = Predictor.from_pretrained(export).predict_timeline(path, window=2, hop=2)
     assert len(tl.starts) >= 2 and tl.missing[0] == [] and np.isfinite(tl.probs).all()
+
+
+def test_a_words_aligned_model_gets_one_step_per_word(tmp_path):
+    """An export of a word-aligned store: each window's modalities are averaged over its words;
+    a window without words has nothing to predict from (all missing), not zeros."""
+    from mmerkit.extract.featurize import featurizer
+    from mmerkit.extract.timeline import timeline_windows
+
+    export = extracted_export(tmp_path / "aligned", align="words")
+    p = Predictor.from_pretrained(export)
+    path = write_recording(tmp_path / "r.mp4", 6.0, picture=dark_then_colour(0.0), wave=tone(6.0))
+    windows = list(timeline_windows(featurizer(p.meta), path, window=4, hop=2))
+    assert [len(w.transcript.split()) for w in windows] == [8, 8]
+    assert all({m: len(x) for m, x in w.features.items()} == {"text": 8, "audio": 8, "visual": 8} for w in windows)
+    tl = p.predict_timeline(path, window=4, hop=2)
+    assert np.isfinite(tl.probs).all() and tl.missing == [[], []]
