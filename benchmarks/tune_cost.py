@@ -26,7 +26,6 @@ import statistics
 import time
 from pathlib import Path
 
-
 # searched: lr, weight decay, dropout, unimodal weight; not what changes a trial's cost (batch, width)
 SAME_COST = {"train.batch_size": None, "model.hidden_size": None, "model.layers": None}
 

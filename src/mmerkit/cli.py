@@ -563,6 +563,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _interrupt_note(e: CommandInterrupted, args: list[str]) -> str:
+    if args and args[0] == "tune":  # the study is in its storage: the same command resumes it
+        return f"{e}; run the same command again to resume the study (up to --trials in total)"
     if args and args[0] == "ablate":  # ablate reuses finished runs; the interrupted one starts again
         return f"{e}; run the same command again to go on (finished runs are reused)"
     if args and args[0] == "extract":  # a rerun skips the items already written

@@ -259,11 +259,3 @@ def with_recipe_choices(space: list[Param], recipe: dict[str, Any]) -> list[Para
         out.append(p)
     return out
 
-
-def as_layer(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{"optim.lr": 1e-3} -> {"optim": {"lr": 1e-3}}: a config layer."""
-    layer: dict[str, dict[str, Any]] = {}
-    for key, value in params.items():
-        section, field = key.split(".", 1)
-        layer.setdefault(section, {})[field] = value
-    return layer

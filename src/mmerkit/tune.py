@@ -33,7 +33,7 @@ from mmerkit.config import RunConfig
 from mmerkit.errors import ConfigError, MMERError
 from mmerkit.metrics import HIGHER_IS_BETTER
 from mmerkit.registry import did_you_mean
-from mmerkit.space import Param, as_layer
+from mmerkit.space import Param
 
 PRUNERS = ("median", "hyperband", "none")
 TRIALS_DIR, BEST_YAML, TRIALS_CSV, STUDY_JSON, FINAL_JSON = "trials", "best.yaml", "trials.csv", "study.json", "final.json"
@@ -388,9 +388,12 @@ def run_workers(study: StudySettings, space: list[Param], configure: Configure, 
             show(s)
             time.sleep(1.0)
     except KeyboardInterrupt:
+        from mmerkit.errors import TrainingInterrupted
+
         for p in procs:
             p.terminate()
-        raise
+        raise TrainingInterrupted(f"tuning of study {study.name!r} interrupted: the workers were stopped and their "
+                                  "running trials are marked failed once their heartbeat is stale") from None
     for p in procs:
         p.join()
     codes = [p.exitcode for p in procs]
