@@ -8,7 +8,7 @@
    against the `api.train` wall time. A trial reads no test split and writes no export, which
    a plain run does: (a) can come out below 0%.
 2. Throughput: the same study of `--trials` trials with 1 worker (this process, every core)
-   and with 2 workers (each half the cores), in trials per minute.
+   and with 2 workers (each half the cores), alternated `--repeats` times; median trials per minute.
 
     python benchmarks/tune_cost.py --out runs/tune_cost                 # defaults below
     python benchmarks/tune_cost.py --model late_fusion --epochs 2 --trials 6 --repeats 3
@@ -87,10 +87,15 @@ def main() -> None:
     overhead = {"train_s": train_s, "trial_s": trial_s, "tune_call_s": call_s,
                 "trial_overhead_pct": round(100 * (trial_m / train_m - 1), 1),
                 "tune_call_overhead_pct": round(100 * (call_m / train_m - 1), 1)}
-    throughput = [study_throughput(args.model, sets, args.epochs, args.trials, k, args.out / f"workers{k}")
+    # 1 and 2 workers alternated, so a change in the machine's load hits both
+    studies = [study_throughput(args.model, sets, args.epochs, args.trials, k, args.out / f"workers{k}_{i}")
+               for i in range(args.repeats) for k in (1, 2)]
+    throughput = [{"workers": k, "trials": args.trials,
+                   "seconds": statistics.median(r["seconds"] for r in studies if r["workers"] == k),
+                   "trials_per_minute": statistics.median(r["trials_per_minute"] for r in studies if r["workers"] == k)}
                   for k in (1, 2)]
     result = {"model": args.model, "overrides": sets, "epochs": args.epochs, "repeats": args.repeats,
-              "cpu_count": os.cpu_count(), "overhead": overhead, "throughput": throughput,
+              "cpu_count": os.cpu_count(), "overhead": overhead, "studies": studies, "throughput": throughput,
               "speedup_2_workers": round(throughput[1]["trials_per_minute"] / throughput[0]["trials_per_minute"], 2)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tune_cost.json").write_text(json.dumps(result, indent=2))
@@ -99,7 +104,7 @@ def main() -> None:
     print(f"| one trial (median) | {trial_m:.1f} s ({overhead['trial_overhead_pct']:+.1f}%) |")
     print(f"| whole `api.tune` call, 1 trial (median) | {call_m:.1f} s ({overhead['tune_call_overhead_pct']:+.1f}%) |")
     for row in throughput:
-        print(f"| {row['workers']} worker(s), {row['trials']} trials | {row['seconds']:.0f} s, "
+        print(f"| {row['workers']} worker(s), {row['trials']} trials (median) | {row['seconds']:.0f} s, "
               f"{row['trials_per_minute']:.2f} trials/min |")
     print(f"| 2 workers vs 1 | x{result['speedup_2_workers']:.2f} |")
 
