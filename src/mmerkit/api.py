@@ -227,21 +227,19 @@ def train(model: str | None = None, data: str | Path | FeatureStore | None = Non
         >>> [run] = api.train("early_fusion", "store", config={"train": {"epochs": 2}})  # doctest: +SKIP
         >>> run.test_metrics["micro_f1"], run.run_dir                                   # doctest: +SKIP
     """
-    from mmerkit.engine import train_seeds
+    from mmerkit.engine import prepare_training, train_seeds
 
     seeds = _distinct_seeds(seeds)
-    if isinstance(data, FeatureStore):
-        data = data.path
 
     def configure(store: FeatureStore | None) -> RunConfig:
         return build_config(model, store, config, overrides, epochs=epochs, **train_kw)
 
-    if dry_run:
+    if dry_run:  # the same set-up; devices are counted, no process is started, nothing written
         from mmerkit.plan import training_plan
 
-        return training_plan(configure, data, Path(out), seeds, resume=resume)
+        return training_plan(prepare_training(configure, data, out, launch=False), seeds, resume=resume)
     check_writable_dir(out, "--out")
-    return train_seeds(configure, data, Path(out), seeds, resume=resume)
+    return train_seeds(prepare_training(configure, data, out), seeds, resume=resume)
 
 
 def _note(text: str) -> None:

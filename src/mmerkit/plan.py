@@ -14,40 +14,26 @@ Example:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from mmerkit.config import RunConfig
-from mmerkit.data.store import FeatureStore
-from mmerkit.errors import ConfigError
+if TYPE_CHECKING:
+    from mmerkit.engine import TrainingSetup
 
 
-def training_plan(configure: Callable[[FeatureStore | None], RunConfig], data: str | Path | None, out: Path,
-                  seeds: Sequence[int] | None, resume: bool = False) -> dict[str, Any]:
-    """Everything `engine.train_seeds` checks before training, then the plan as a JSON-able dict."""
-    from mmerkit.engine import build_fabric
+def training_plan(setup: TrainingSetup, seeds: Sequence[int] | None, resume: bool = False) -> dict[str, Any]:
+    """Everything `engine.train_seeds` checks before training, on the same set-up
+    (`engine.prepare_training(..., launch=False)`), then the plan as a JSON-able dict."""
     from mmerkit.memory import check_training_memory, gb
     from mmerkit.models.base import create_model
-    from mmerkit.run import new_run_dir, resumable_run_dir, training_store
+    from mmerkit.run import new_run_dir, resumable_run_dir
 
-    cfg0 = configure(None)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={str(out)!r} (CLI: --out) is a file; it names a directory that holds run "
-                          "directories: choose another path")
-    fabric = build_fabric(cfg0.train, launch=False)  # devices counted, no process started
-    store = training_store(data, cfg0)
-    cfg = configure(store)
+    fabric, store, cfg, out = setup.fabric, setup.store, setup.config, setup.out
     model = create_model(cfg.model_name, store.spec(), cfg.model)
     est = check_training_memory(model, store, cfg)
     t = cfg.train
     world = fabric.world_size
-    n_train = len(store.split("train"))
-    per_step = t.batch_size * world
-    batches = n_train // per_step if t.drop_last and n_train >= per_step else math.ceil(n_train / per_step)
-    steps = max(batches // cfg.optim.accumulate, 1)
+    steps = setup.steps_per_epoch
     seeds = list(seeds or [t.seed])
     runs = [str(resumable_run_dir(out, cfg.model_name, store, s) if resume
                 else new_run_dir(out, cfg.model_name, store, s)[0]) for s in seeds]

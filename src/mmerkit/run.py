@@ -160,6 +160,7 @@ class Run:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._tensorboard = None  # Fabric's TensorBoardLogger, opened by the first log_epoch
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -288,6 +289,36 @@ class Run:
         buf = io.StringIO()
         csv.writer(buf).writerows([keys] + [[_csv_value(row.get(k, "")) for k in keys] for row in history])
         atomic_write_text(self.metrics_csv, buf.getvalue())
+
+    def log_epoch(self, history: list[dict[str, Any]], step: int, *rows: dict[str, Any],
+                  tensorboard: bool = False) -> None:
+        """The one place training's metrics go: metrics.csv (the whole `history`, rewritten
+        atomically) and, with `tensorboard` (`train.logger: tensorboard`), the new `rows` to
+        Fabric's TensorBoardLogger under RUN/tensorboard at `step`."""
+        self.write_history(history)
+        if not tensorboard:
+            return
+        if self._tensorboard is None:
+            from lightning_fabric.loggers import TensorBoardLogger
+
+            try:
+                self._tensorboard = TensorBoardLogger(root_dir=str(self.path), name=self.tensorboard_dir.name,
+                                                      version="")
+                self._tensorboard.experiment  # noqa: B018  (creates the writer: fails here without tensorboard)
+            except ModuleNotFoundError:
+                self._tensorboard = None
+                raise ConfigError("train.logger=tensorboard needs the tensorboard package: "
+                                  "pip install 'mmerkit[tensorboard]'") from None
+        for row in rows:
+            self._tensorboard.log_metrics({f"{row['split']}/{k}": v for k, v in row.items()
+                                           if isinstance(v, (int, float)) and k != "epoch"}, step=step)
+        self._tensorboard.experiment.flush()
+
+    def close_log(self) -> None:
+        """Finish the TensorBoard log, if one was opened."""
+        if self._tensorboard is not None:
+            self._tensorboard.finalize("success")
+            self._tensorboard = None
 
     def write_results(self, valid: dict[str, Any], test: dict[str, Any], warnings: list[str] = ()) -> None:
         atomic_write_text(self.path / WARNINGS, json.dumps(list(warnings), indent=2))

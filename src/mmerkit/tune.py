@@ -214,7 +214,7 @@ class Objective:
     def __call__(self, trial) -> float:
         import optuna
 
-        from mmerkit.engine import train_seeds
+        from mmerkit.engine import prepare_training, train_seeds
 
         params = {p.key: p.suggest(trial) for p in self.space}
         trial.set_user_attr("host", os.uname().nodename)
@@ -240,7 +240,8 @@ class Objective:
 
         started = time.monotonic()
         try:
-            [result] = train_seeds(configure, self.data, out, None, on_valid=report, evaluate_test=False)
+            [result] = train_seeds(prepare_training(configure, self.data, out), None, on_valid=report,
+                                   evaluate_test=False)
         except optuna.TrialPruned as e:
             _write_trial_json(out, trial.number, "pruned", params, None, str(e), time.monotonic() - started)
             raise
@@ -626,9 +627,10 @@ def final_runs(study_dir: Path, best_params: dict[str, Any], configure: Configur
     """The best configuration retrained once per seed into STUDY_DIR/final/, each evaluated on
     the test split once (the engine's ordinary run); mean and std in STUDY_DIR/final.json."""
     from mmerkit.checkpoint import atomic_write_text
-    from mmerkit.engine import train_seeds
+    from mmerkit.engine import prepare_training, train_seeds
 
-    results = train_seeds(lambda store: configure(store, best_params), data, study_dir / "final", seeds)
+    results = train_seeds(prepare_training(lambda store: configure(store, best_params), data, study_dir / "final"),
+                          seeds)
     summary = summarise(results)
     atomic_write_text(study_dir / FINAL_JSON, json.dumps(
         {"seeds": seeds, "params": best_params, "test": summary,

@@ -49,6 +49,7 @@ from mmerkit.extract.config import ExtractConfig, make_config
 from mmerkit.extract.featurize import pooled_utterance
 from mmerkit.extract.manifest import Manifest, MediaItem, read_media_manifest
 from mmerkit.files import atomic_write_bytes
+from mmerkit.progress import ProgressBar
 
 FAILURE_COLUMNS = ("id", "line", "media", "start", "end", "reason")
 
@@ -311,9 +312,9 @@ def _extract_all(todo: list[MediaItem], cfg: ExtractConfig, items_dir: Path, fp:
     # until the first item is back the bar says what the wait is: each process loads the extractors
     starting = (f"starting {workers} worker processes (each loads the extractors)" if workers > 1 and len(todo) > 1
                 else "loading the extractors")
-    with _progress(progress, len(todo), starting) as advance:
+    with ProgressBar(starting, len(todo), enabled=progress) as bar:
         for item_id, status, reason in _results(jobs, cfg, items_dir, fp, workers):
-            advance()
+            bar.advance(description="extracting")
             if status == "ok":
                 continue
             it = by_id[item_id]
@@ -352,39 +353,6 @@ def _results(jobs, cfg: ExtractConfig, items_dir: Path, fp: str, workers: int) -
                     pending.add(pool.submit(process_item, nxt[0], cfg, items_dir, fp, nxt[1]))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _progress:
-    """A rich progress bar on stderr (or nothing); the context value advances it by one."""
-
-    def __init__(self, enabled: bool, total: int, starting: str = "extracting"):
-        self.enabled, self.total, self.starting = enabled, total, starting
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=Console(stderr=True))
-        self.bar.start()
-        task = self.bar.add_task(self.starting, total=self.total)
-
-        def advance() -> None:
-            self.bar.update(task, advance=1, description="extracting")
-        return advance
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 # ----------------------------------------------------------------------------- failures
