@@ -227,3 +227,24 @@ def test_one_export_class_opens_runs_and_exports(trained, tmp_path):
     exp.save_threshold([0.1, 0.2, 0.3, 0.4][: len(exp.labels)])
     assert Predictor.from_pretrained(copy).threshold == [0.1, 0.2, 0.3, 0.4][: len(exp.labels)]
     assert api.saved_threshold(copy)["threshold"] == Export(copy).threshold
+
+
+@pytest.mark.parametrize("batch_size, accumulate, drop_last", [(16, 1, True), (7, 2, False), (500, 1, True)])
+def test_steps_per_epoch_are_counted_once(tmp_path, batch_size, accumulate, drop_last):
+    """`engine.optimizer_steps` (the scheduler's count, the dry run's plan) is what the training
+    loader gives, and the dry run reports it from the same set-up as training."""
+    from mmerkit.engine import Engine, optimizer_steps, prepare_training
+
+    store = toy_store(tmp_path / "s")
+    kw = dict(overrides=[*TINY, f"optim.accumulate={accumulate}", f"train.drop_last={str(drop_last).lower()}"],
+              batch_size=batch_size, progress=False)
+    setup = prepare_training(lambda s: api.build_config("early_fusion", s, None, kw["overrides"],
+                                                        batch_size=batch_size, progress=False),
+                             store, tmp_path / "runs", launch=False)
+    assert setup.store is store  # the store object is passed down, not reopened from its path
+    loader = Engine(setup.config, setup.fabric).loader(store, "train", train=True)
+    expected = max(len(loader) // accumulate, 1)
+    assert optimizer_steps(len(store.split("train")), setup.config, 1) == setup.steps_per_epoch == expected
+    plan = api.train("early_fusion", store, out=tmp_path / "runs", epochs=2, dry_run=True, **kw)
+    assert plan["steps_per_epoch"] == expected and plan["total_steps"] == 2 * expected
+    assert not (tmp_path / "runs").exists()
