@@ -379,7 +379,8 @@ class Engine:
         """Loader, optimiser, schedule and the Fabric-wrapped model of one fit, in one object."""
         cfg = self.cfg
         loader = self.loader(store, "train", train=True, seed=cfg.train.seed)
-        total_steps = optimizer_steps(len(store.split("train")), cfg, self.fabric.world_size) * cfg.train.epochs
+        steps_per_epoch = optimizer_steps(len(store.split("train")), cfg, self.fabric.world_size)
+        total_steps = steps_per_epoch * cfg.train.epochs
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(cfg.optim.schedule, total_steps, cfg.optim.warmup_proportion,

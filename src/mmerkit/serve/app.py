@@ -28,10 +28,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmerkit.errors import ConfigError
-from mmerkit.serve.batching import MicroBatcher, QueueFull
+from mmerkit.serve.batching import MicroBatcher
 from mmerkit.serve.card import media_config, model_card
 from mmerkit.serve.errors import RequestError, error_body
-from mmerkit.serve.inputs import Sample, as_steps, check_sample, parse_json_body, parse_npz
+from mmerkit.serve.inputs import Sample, check_sample, parse_json_body, parse_npz
 from mmerkit.serve.media import (
     Featurizer,
     MediaWorkers,
@@ -44,6 +44,7 @@ from mmerkit.serve.media import (
     sniff,
 )
 from mmerkit.serve.model import ServedModel
+from mmerkit.serve.queueing import _submit, media_steps
 from mmerkit.serve.schemas import ERRORS, PredictResponse
 from mmerkit.serve.settings import ServeSettings
 from mmerkit.serve.timeline import timeline_response
@@ -241,14 +242,6 @@ def _add_routes(app: FastAPI, state: _State) -> None:
         return await timeline_response(request, state)
 
 
-async def _submit(state: _State, samples: list[Sample]) -> list[dict[str, Any]]:
-    try:
-        return await state.batcher.submit(samples)
-    except QueueFull:
-        raise RequestError(503, "queue", "the model's queue is full", "retry in a moment",
-                           headers={"Retry-After": "1"}) from None
-
-
 async def _samples_from_request(request: Request, state: _State) -> list[Sample]:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     spec = state.model.input_spec
@@ -293,22 +286,6 @@ async def _samples_from_upload(upload: Upload, state: _State, max_unpacked: int)
                            "use `mmer predict --manifest` with the dialogue's clips, or send dialogue features")
     feats, used_transcript, info = await state.media.extract(upload.path, upload.transcript, kind)
     return [_media_sample(feats, upload, info, state, used_transcript)]
-
-
-def media_steps(feats: dict[str, np.ndarray], state: _State) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """A clip's (or a timeline window's) features as the model takes them, and which were cut."""
-    spec = state.model.input_spec
-    trained = state.model.predictor.spec.max_len
-    out, truncated = {}, {}
-    for m, dim in spec.modalities.items():
-        x = feats.get(m)
-        x = np.zeros((0, dim), np.float32) if x is None or x.size == 0 else x.reshape(-1, x.shape[-1])
-        keep = min(spec.max_steps[m], int(trained.get(m) or spec.max_steps[m]))
-        if x.shape[0] > keep:  # as `mmer predict --media`: the head, up to the longest training sample
-            truncated[m] = int(x.shape[0])
-            x = x[:keep]
-        out[m] = as_steps(x, f"file ({m} features)", m, spec)
-    return out, truncated
 
 
 def _media_sample(feats: dict[str, np.ndarray], upload: Upload, info: dict[str, Any], state: _State,

@@ -149,7 +149,7 @@ async def _lines(state: Any, job: asyncio.Future, folder: Path, info: dict[str, 
 
 async def _window_rows(state: Any, files: list[Path]) -> list[dict[str, Any]]:
     """Read finished windows (deleting each file), predict those with any modality in one submit."""
-    from mmerkit.serve.app import _submit, media_steps
+    from mmerkit.serve.queueing import _submit, media_steps
 
     rows, samples, which = [], [], []
     for path in files:
