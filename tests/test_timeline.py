@@ -173,7 +173,8 @@ def test_mediapipe_tracks_one_face_across_pieces():
     tracked in one session give the features of the whole recording tracked at once."""
     pytest.importorskip("mediapipe")
     pytest.importorskip("skimage")
-    from mmerkit.extract.base import Clip, create_extractor
+    from mmerkit.extract.base import Clip
+    from mmerkit.extract.catalogue import create_extractor
     from mmerkit.extract.demo import _face
 
     face = create_extractor("mediapipe", fps=5.0)
