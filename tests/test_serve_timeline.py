@@ -137,3 +137,21 @@ def test_client_leaving_mid_stream_stops_the_job_and_deletes_files(server, tmp_p
         time.sleep(0.1)
     assert leftovers(app) == []
     assert post(url, long, window="4").status_code == 200  # the worker is free again
+
+
+def test_a_features_model_refuses_media_on_both_endpoints(tmp_path, recording):
+    """A model trained on given features has no extractors: a clip and a recording are each one
+    422 naming the file field, with the endpoint's own suggestion (one shared check)."""
+    from serve_helpers import train_export
+
+    app = create_app(train_export(tmp_path), ServeSettings(token=TOKEN, media_workers=0))
+    with running(app) as url:
+        answers = {}
+        for route in ("/v1/predict", "/v1/timeline"):
+            with open(recording, "rb") as f:
+                res = httpx.post(url + route, files={"file": ("talk.mp4", f)}, headers=AUTH, timeout=60)
+            assert res.status_code == 422, (route, res.text)
+            answers[route] = res.json()
+    assert all("trained on given features" in json.dumps(a) for a in answers.values())
+    assert "JSON or .npz" in json.dumps(answers["/v1/predict"])
+    assert "POST /v1/predict with features" in json.dumps(answers["/v1/timeline"])

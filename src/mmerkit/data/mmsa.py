@@ -40,6 +40,9 @@ import numpy as np
 
 from mmerkit.data.converters import register_converter
 from mmerkit.data.mosei import (
+    LABELS as MOSEI_LABELS,
+)
+from mmerkit.data.mosei import (
     _check_args,
     _get_split,
     _keys,
@@ -47,9 +50,6 @@ from mmerkit.data.mosei import (
     _require_file,
     _stack,
     _zero_neg_inf,
-)
-from mmerkit.data.mosei import (
-    LABELS as MOSEI_LABELS,
 )
 from mmerkit.data.store import EmptyLabelPolicy, FeatureStore, SplitArrays, write_store
 from mmerkit.errors import DataError

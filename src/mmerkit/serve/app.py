@@ -44,7 +44,7 @@ from mmerkit.serve.media import (
     sniff,
 )
 from mmerkit.serve.model import ServedModel
-from mmerkit.serve.queueing import _submit, media_steps
+from mmerkit.serve.queueing import _submit, media_steps, require_clip_extractors
 from mmerkit.serve.schemas import ERRORS, PredictResponse
 from mmerkit.serve.settings import ServeSettings
 from mmerkit.serve.timeline import timeline_response
@@ -278,12 +278,8 @@ async def _samples_from_upload(upload: Upload, state: _State, max_unpacked: int)
     if kind is None:
         raise RequestError(415, "file", f"is {describe_unknown(upload.head)}",
                            "send a video or audio file (mp4, mov, mkv, webm, avi, wav, mp3, flac, ogg) or an .npz")
-    if state.extractors is None:
-        raise RequestError(422, "file", "this model was trained on given features, not on media, so the "
-                           "server cannot extract features from a clip", "send the features as JSON or .npz")
-    if state.extractors["extract"].get("level") == "dialogue":
-        raise RequestError(422, "file", "this model was trained on whole dialogues; one clip is not a dialogue",
-                           "use `mmer predict --manifest` with the dialogue's clips, or send dialogue features")
+    require_clip_extractors(state, "clip", "send the features as JSON or .npz",
+                            "use `mmer predict --manifest` with the dialogue's clips, or send dialogue features")
     feats, used_transcript, info = await state.media.extract(upload.path, upload.transcript, kind)
     return [_media_sample(feats, upload, info, state, used_transcript)]
 

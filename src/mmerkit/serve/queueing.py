@@ -35,3 +35,15 @@ def media_steps(feats: dict[str, np.ndarray], state: Any) -> tuple[dict[str, np.
             x = x[:keep]
         out[m] = as_steps(x, f"file ({m} features)", m, spec)
     return out, truncated
+
+
+def require_clip_extractors(state: Any, unit: str, features_fix: str, dialogue_fix: str) -> None:
+    """Refuse media for a model that cannot read it: one trained on given features (nothing to
+    extract with) or on whole dialogues (one `unit` is not a dialogue). Shared by /v1/predict
+    and /v1/timeline, which differ only in what they suggest instead."""
+    if state.extractors is None:
+        raise RequestError(422, "file", "this model was trained on given features, not on media, so the "
+                           f"server cannot extract features from a {unit}", features_fix)
+    if state.extractors["extract"].get("level") == "dialogue":
+        raise RequestError(422, "file", f"this model was trained on whole dialogues, not on {unit}s",
+                           dialogue_fix)

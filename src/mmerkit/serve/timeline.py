@@ -33,6 +33,7 @@ from fastapi.responses import StreamingResponse
 from mmerkit.serve.errors import RequestError, error_body
 from mmerkit.serve.inputs import Sample
 from mmerkit.serve.media import Upload, describe_unknown, read_multipart, sniff, timeline_job
+from mmerkit.serve.queueing import require_clip_extractors
 
 POLL_S = 0.05  # how often the folder of finished windows is looked at
 DEFAULT_WINDOW = 4.0
@@ -67,12 +68,8 @@ async def timeline_response(request: Request, state: Any) -> StreamingResponse:
     if ctype != "multipart/form-data":
         raise RequestError(415, "Content-Type", f"{ctype or 'none'} is not accepted",
                            "send multipart/form-data with a file field (curl -F file=@talk.mp4 -F window=4)")
-    if state.extractors is None:
-        raise RequestError(422, "file", "this model was trained on given features, not on media, so the "
-                           "server cannot extract features from a recording", "use POST /v1/predict with features")
-    if state.extractors["extract"].get("level") == "dialogue":
-        raise RequestError(422, "file", "this model was trained on whole dialogues, not on windows of a recording",
-                           "use `mmer predict --manifest` with the dialogue's clips")
+    require_clip_extractors(state, "recording", "use POST /v1/predict with features",
+                            "use `mmer predict --manifest` with the dialogue's clips")
     if state.media.full():
         raise RequestError(503, "file", f"{state.media.in_flight} recordings are being processed already",
                            "retry in a few seconds", headers={"Retry-After": "2"})
