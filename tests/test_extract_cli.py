@@ -382,7 +382,8 @@ def test_ctrl_c_during_extract_says_how_to_go_on(media_dir, tmp_path):
     import time
 
     out = tmp_path / "store"
-    env = {**os.environ, "MMERKIT_FAKE_SLEEP": "0.5", "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    # each call sleeps 2 s, so the first item lands well before the last even on a loaded machine
+    env = {**os.environ, "MMERKIT_FAKE_SLEEP": "2", "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
     proc = subprocess.Popen([sys.executable, "-m", "mmerkit", "extract", str(media_dir / "manifest.csv"), "--out",
                              str(out), *FAKE_OPTS], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     items = tmp_path / "store.parts" / "items"

@@ -11,12 +11,15 @@ worker that crashes is replaced instead of taking the server down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -376,9 +379,24 @@ def timeline_job(path: str, config: dict[str, Any], kind: str, max_seconds: floa
 
 def _ignore_interrupts() -> None:
     """Worker processes leave Ctrl+C to the server, which stops them (no traceback per worker)."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _born_ignoring_interrupts():
+    """Spawn worker processes with Ctrl+C ignored from birth. A spawned child keeps an ignored
+    SIGINT across exec (and Python then leaves it ignored), so a Ctrl+C sent to the whole process
+    group while a worker is still starting, before its initializer runs, cannot kill it and fail
+    its clip as a crash; the server handles Ctrl+C and stops the workers. signal.signal works in
+    the main thread only; elsewhere the initializer alone covers it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class Worker:
@@ -392,10 +410,11 @@ class Worker:
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_ignore_interrupts)
         if warm is not None:  # queued first: the worker takes clips only once its extractors are loaded
-            self.pool.submit(*warm).add_done_callback(_log_failure)
+            self.submit(*warm).add_done_callback(_log_failure)
 
     def submit(self, *call: Any):
-        return self.pool.submit(*call)
+        with _born_ignoring_interrupts():  # the pool spawns its process on the first submit
+            return self.pool.submit(*call)
 
     def stop(self) -> None:
         """Terminate the process and wait for it: no orphan outlives the server."""
