@@ -280,3 +280,26 @@ def test_postgresql_study_with_two_workers_on_a_real_server(tmp_path):
     assert len({pid for _, _, pid in trials}) == 2  # two worker processes shared the study
     assert not (tmp_path / "study" / "study.db").exists()  # the server held it, not SQLite
     assert "***" in json.loads((tmp_path / "study" / "study.json").read_text())["storage"]
+
+
+def _open_at(args) -> str:
+    from mmerkit.tune import StudySettings, open_storage
+
+    url, start = args
+    while time.time() < start:  # every process opens the new file at the same moment
+        time.sleep(0.001)
+    settings = StudySettings(study_dir=Path(url[len("sqlite:///"):]).parent, storage=url, name="s",
+                             model="early_fusion", trials=1, metric="micro_f1", epochs=1)
+    open_storage(settings)
+    return "ok"
+
+
+def test_processes_opening_one_new_study_at_once_all_succeed(tmp_path):
+    """Workers, machines and a reader that open a new database together race on its schema (the
+    loser's "UNIQUE constraint failed: alembic_version"); the loser opens it again instead of failing."""
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        start = time.time() + 3  # after the pool's processes have started
+        assert pool.map(_open_at, [(url, start)] * 4) == ["ok"] * 4

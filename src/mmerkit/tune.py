@@ -126,12 +126,27 @@ def open_storage(study: StudySettings):
     if study.storage.startswith("sqlite"):
         # several worker processes share the file: wait for a lock rather than fail at once
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    try:
-        return optuna.storages.RDBStorage(
-            study.storage, heartbeat_interval=study.heartbeat, grace_period=2 * study.heartbeat,
-            heartbeat_stale_trial_callback=_mark_failed, **kwargs)
-    except Exception as e:  # a wrong host, password or database: one line, no traceback
-        raise ConfigError(f"--storage: cannot open {_redact(study.storage)}: {str(e).splitlines()[0]}") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                study.storage, heartbeat_interval=study.heartbeat, grace_period=2 * study.heartbeat,
+                heartbeat_stale_trial_callback=_mark_failed, **kwargs)
+        except Exception as e:
+            if attempt < 4 and _lost_schema_race(e):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            # a wrong host, password or database: one line, no traceback
+            raise ConfigError(f"--storage: cannot open {_redact(study.storage)}: {str(e).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
+
+
+def _lost_schema_race(e: Exception) -> bool:
+    """Processes that open one new database at the same moment (workers, machines, a reader) each
+    create its tables and version row; all but one fail on "already exists" / a unique key. The
+    schema is then there, so opening again succeeds."""
+    text = str(e)
+    return type(e).__name__ in ("IntegrityError", "OperationalError", "ProgrammingError") and any(
+        s in text for s in ("already exists", "UNIQUE constraint failed", "duplicate key value"))
 
 
 def _redact(url: str) -> str:
