@@ -344,12 +344,26 @@ def work(study: StudySettings, space: list[Param], configure: Configure, data: s
                           sampler=make_sampler(study, worker), pruner=make_pruner(study))
     objective = Objective(study, space, configure, data, on_start)
     callbacks = [lambda st, t: on_end(st, t)] if on_end else []
+    if worker > 0:
+        _let_worker_0_take_the_enqueued_trials(s)
     while deadline is None or time.time() < deadline:
         if counted(s) >= study.trials or not budget.take():
             break
         # a failing trial (diverged, out of memory, refused setting) is recorded FAIL; the study goes on
         s.optimize(objective, n_trials=1, catch=(TrainingDiverged, MMERError, RuntimeError, ValueError),
                    callbacks=callbacks, gc_after_trial=True)
+
+
+def _let_worker_0_take_the_enqueued_trials(s, timeout: float = 120.0) -> None:
+    """SQLite has no row locks, so two workers asking at once can both pop the same enqueued
+    (WAITING) trial, the packaged recipe: it is trained twice and the second tell fails. The
+    other workers start once no trial waits (or after `timeout`, should worker 0 be gone)."""
+    import optuna
+
+    waiting = (optuna.trial.TrialState.WAITING,)
+    end = time.time() + timeout
+    while s.get_trials(deepcopy=False, states=waiting) and time.time() < end:
+        time.sleep(0.2)
 
 
 def _worker_main(study: StudySettings, space: list[Param], configure: Configure, data: str | None,
