@@ -129,8 +129,11 @@ def test_live_camera_and_microphone_yield_windows(site):
     shown = _windows(browser)
     assert len(shown) >= 2 and shown[0]["start"] < shown[1]["start"]
     assert all(1.0 < w["end"] - w["start"] < 2.5 for w in shown[:2])  # one recording per window
-    # the server decoded both tracks of each WebM segment (the fake camera shows no black frame)
-    assert all("audio" not in w["missing"] and "visual" not in w["missing"] for w in shown)
+    # the server decoded both tracks of each whole window's WebM segment (the fake camera shows no
+    # black frame); the segment that Stop cuts short may hold no video frame yet
+    whole = [w for w in shown if w["end"] - w["start"] > 1.0]
+    assert len(whole) >= 2 and all("audio" not in w["missing"] and "visual" not in w["missing"]
+                                   for w in whole), shown
     time.sleep(1.0)
     assert not list(app.state.serve.uploads.path.rglob("*"))  # every segment deleted after its prediction
     assert browser.find_element(By.ID, "live-stop").get_attribute("disabled")
