@@ -114,3 +114,19 @@ def test_ablation_presets_come_from_one_table():
     for name, changes in ABLATIONS.items():
         cfg = load_config(config=name)
         assert cfg.model_name == "carat" and cfg.model == {**base, **changes}, name
+
+
+def test_every_attention_model_refuses_heads_that_do_not_divide_hidden():
+    """One check in ModelConfig serves every model whose config has hidden_size and num_heads."""
+    from pydantic import ValidationError
+
+    from mmerkit.models.base import list_models, model_class
+
+    checked = []
+    for name in list_models():
+        cfg = model_class(name).config_class
+        if {"hidden_size", "num_heads"} <= set(cfg.model_fields):
+            with pytest.raises(ValidationError, match="hidden_size 30 must be divisible by num_heads 4"):
+                cfg(hidden_size=30, num_heads=4)
+            checked.append(name)
+    assert {"carat", "tailor", "lddu", "univa", "mult"} <= set(checked)

@@ -54,6 +54,14 @@ class ModelConfig(StrictModel):
                 out[new] = out.pop(old)
         return out
 
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> Any:
+        """Every attention model splits `hidden_size` across `num_heads`: one check for all."""
+        hidden, heads = getattr(self, "hidden_size", None), getattr(self, "num_heads", None)
+        if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
+            raise ValueError(f"hidden_size {hidden} must be divisible by num_heads {heads}")
+        return self
+
 
 class DataConfig(StrictModel):
     path: str | None = None  # None = the embedded synthetic dataset

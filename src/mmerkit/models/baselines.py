@@ -264,8 +264,6 @@ class MulTConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _check(self) -> MulTConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (keeps every step), got {self.kernel_size}")
         return self

@@ -154,8 +154,6 @@ class CaratConfig(ModelConfig):
     def _check(self) -> CaratConfig:
         if not (self.use_mrm or self.use_agg):
             raise ValueError("use_mrm and use_agg cannot both be false: nothing would predict")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads")
         return self
 
 

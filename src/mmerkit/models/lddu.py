@@ -78,7 +78,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from mmerkit.config import ModelConfig
@@ -116,12 +116,6 @@ class LdduConfig(ModelConfig):
     contrastive_chunk: int = Field(1024, ge=1)
     # the release names its input LayerNorms `*_norm2d`, so its name-based rule decays their gains
     decay_input_norms: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> LdduConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
-        return self
 
 
 class LabelQueryAttention(nn.Module):

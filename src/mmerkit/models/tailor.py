@@ -118,7 +118,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from mmerkit.config import ModelConfig
@@ -183,12 +183,6 @@ class TailorConfig(ModelConfig):
     ctc_input_lengths: Literal["frames", "aligned"] = "aligned"
     # the release names its input LayerNorms so that its name rule decays their gains
     decay_input_norms: bool = True
-
-    @model_validator(mode="after")
-    def _check(self) -> TailorConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads")
-        return self
 
 
 def valid_positions(mask: Tensor) -> Tensor:

@@ -80,7 +80,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from mmerkit.config import ModelConfig
@@ -126,12 +126,6 @@ class UnivaConfig(ModelConfig):
     va_source: Literal["auto", "store", "labels"] = "auto"
     va_prefix: str = "va_"  # store extras va_<modality>, (N, 2) each
     va_norm: Literal["batch", "none"] = "batch"
-
-    @model_validator(mode="after")
-    def _check(self) -> UnivaConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads")
-        return self
 
 
 # ----------------------------------------------------------------------------- the VA table
