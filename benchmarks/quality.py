@@ -273,6 +273,19 @@ def run_tuned(name: str, seeds: list[int], out: Path, extra: list[str], epochs: 
             "study_dir": str(res.study_dir)}
 
 
+def run_tuned_entries(names: list[str], seeds: list[int], out: Path, extra: list[str], epochs: int | None,
+                      trials: int, workers: int) -> list[dict]:
+    """run_tuned for each entry; OUT/tuned.json is rewritten after each, so a stop keeps the rest."""
+    rows = []
+    for name in names:
+        rows.append(run_tuned(name, seeds, out, extra, epochs, trials, workers))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tuned.json").write_text(json.dumps(rows, indent=2, default=str))
+        print(tuned_markdown(rows[-1:]).splitlines()[-1], flush=True)
+    print(tuned_markdown(rows))
+    return rows
+
+
 def tuned_markdown(rows: list[dict]) -> str:
     lines = ["| entry | packaged: test micro-F1 | tuned: test micro-F1 | packaged: macro-F1 | tuned: macro-F1 "
              "| valid micro-F1, trial 0 -> best | best trial | trials (complete/pruned/failed) | tuning + final time |",
@@ -437,6 +450,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plan", action="store_true", help="with --suite: print each entry's steps and the estimate")
     p.add_argument("--ms-per-step", type=float, default=60.0, help="--plan's assumed time of one step")
     p.add_argument("--device", default="cuda", help="--suite's throughput device (training uses the engine's)")
+    p.add_argument("--tuned", action="store_true", help="packaged recipe vs `mmer tune` at an equal budget")
+    p.add_argument("--trials", type=int, default=8, help="trials per entry (--tuned)")
+    p.add_argument("--workers", type=int, default=1, help="trial processes (--tuned)")
     args = p.parse_args(argv)
     if args.table:
         missing = [str(f) for f in args.table if not f.is_file()]
@@ -464,6 +480,11 @@ def main(argv: list[str] | None = None) -> None:
         run_suite(args.out, seeds, args.tiny, "cpu" if args.tiny else args.device)
         return
     out = args.out / args.tag if args.tag else args.out
+    if args.tuned:
+        if not args.only or "pooled_logreg" in args.only:
+            p.error("--tuned: name the entries to tune with --only (pooled_logreg has nothing to tune)")
+        run_tuned_entries(args.only, args.seeds, out, args.set, args.epochs, args.trials, args.workers)
+        return
     names = args.only or [*ENTRIES, "pooled_logreg"]
     rows = []
     for name in names:

@@ -84,3 +84,16 @@ def test_robustness_tiny_writes_cells_with_margins(quality, tmp_path):
     assert cells[0]["constant_micro_f1"] != cells[1]["constant_micro_f1"]
     table = quality.robustness_markdown(cells).splitlines()
     assert len(table) == 2 + len(cells) and table[3].startswith("| mosei-like | late_fusion |")
+
+
+def test_tuned_tiny_compares_packaged_and_tuned_at_the_same_budget(quality, tmp_path):
+    """`quality.py --tuned`: the packaged recipe and `mmer tune`'s best, same trials, epochs and
+    seeds, into OUT/tuned.json; the entry's fixed `--set`s stay out of the search space."""
+    tiny = [a for s in [*quality.TINY_DATA, *quality.tiny_overrides("late_fusion")] for a in ("--set", s)]
+    quality.main(["--tuned", "--only", "late_fusion-w64", "--trials", "2", "--epochs", "1", "--seeds", "1",
+                  "--out", str(tmp_path), *tiny])
+    (row,) = json.loads((tmp_path / "tuned.json").read_text())
+    assert row["entry"] == "late_fusion-w64" and row["trials"] == 2 and row["epochs"] == 1
+    assert sum(row["states"].values()) == 2
+    assert 0 <= row["packaged"]["micro_f1"]["mean"] <= 1 and 0 <= row["tuned"]["micro_f1"]["mean"] <= 1
+    assert not {"model.hidden_size", "train.epochs"} & set(row["best_params"])
