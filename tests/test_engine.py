@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import LABELS, TINY, random_split, toy_store
+from helpers import LABELS, QUIET, TINY, random_split, toy_store
 
 from mmerkit import api
 from mmerkit.checkpoint import load_training_state
@@ -187,8 +187,9 @@ def test_train_takes_a_config_object_or_dict_and_returns_typed_runs(tmp_path):
                "train": {"epochs": 1, "batch_size": 16, "progress": False}}
     [a] = api.train("early_fusion", store.path, out=tmp_path / "a", config=as_dict)
     cfg = load_config("early_fusion", "toy", None, [])
+    # a RunConfig is taken whole, the packaged recipe's step budget included: exact epochs need min_steps 0
     cfg = cfg.model_copy(update={"model": {**cfg.model, **as_dict["model"]},
-                                 "train": cfg.train.model_copy(update=as_dict["train"])})
+                                 "train": cfg.train.model_copy(update={**as_dict["train"], "min_steps": 0})})
     [b] = api.train("early_fusion", store.path, out=tmp_path / "b", config=cfg)
     assert isinstance(a, RunResult) and isinstance(a.run, Run) and a.run.finished
     assert a.run.read_config() == b.run.read_config()
@@ -248,3 +249,34 @@ def test_steps_per_epoch_are_counted_once(tmp_path, batch_size, accumulate, drop
     plan = api.train("early_fusion", store, out=tmp_path / "runs", epochs=2, dry_run=True, **kw)
     assert plan["steps_per_epoch"] == expected and plan["total_steps"] == 2 * expected
     assert not (tmp_path / "runs").exists()
+
+
+def test_min_steps_lengthens_epochs_on_a_small_split_and_epochs_flag_is_exact(tmp_path):
+    """`train.min_steps`: a recipe's epochs are raised to ceil(min_steps / steps per epoch) on a
+    small training split, never lowered on a large one; the dry run and the schedule see the
+    resolved count; `--epochs N` (api epochs=N) is exactly N epochs."""
+    from mmerkit.engine import Engine, prepare_training, step_budget
+    from mmerkit.models.base import create_model
+
+    store = toy_store(tmp_path / "s")  # 64 training samples: 4 steps of 16
+    sets = [*TINY, *QUIET, "train.epochs=3"]
+    plan = api.train("early_fusion", store, out=tmp_path / "runs", overrides=[*sets, "train.min_steps=10"],
+                     dry_run=True)
+    assert (plan["epochs"], plan["steps_per_epoch"], plan["total_steps"]) == (3, 4, 12)  # 3 x 4 >= 10: as set
+    plan = api.train("early_fusion", store, out=tmp_path / "runs", overrides=[*sets, "train.min_steps=30"],
+                     dry_run=True)
+    assert (plan["epochs"], plan["total_steps"]) == (8, 32)  # ceil(30 / 4)
+    recipe_30 = {"train": {"min_steps": 30}}  # a recipe's budget (a preset / YAML), then --epochs 2
+    exact = api.train("early_fusion", store, out=tmp_path / "runs", config=recipe_30, overrides=sets, epochs=2,
+                      dry_run=True)
+    assert exact["epochs"] == 2
+    recipe = api.build_config("early_fusion", store, None, [*sets, "train.min_steps=30"])
+    setup = prepare_training(lambda s: recipe, store, tmp_path / "runs", launch=False)
+    assert setup.config.train.epochs == 8 and step_budget(setup.config, 64, 1) == setup.config
+    model = create_model("early_fusion", store.spec(), setup.config.model)
+    session = Engine(setup.config, setup.fabric)._session(model, store, None)
+    for _ in range(32):  # the linear schedule decays to 0 over the resolved 32 steps, not 12
+        session.optimizer.step()
+        session.scheduler.step()
+    assert session.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    assert step_budget(recipe, 6400, 1).train.epochs == 3  # a large split keeps the recipe's epochs

@@ -86,6 +86,11 @@ class OptimConfig(StrictModel):
 
 class TrainConfig(StrictModel):
     epochs: int = Field(20, ge=1)
+    # at least this many optimiser steps: on a small training split the epochs are lengthened to
+    # ceil(min_steps / steps per epoch) (engine.step_budget); 0 = exactly `epochs`. A config layer
+    # that sets epochs without min_steps (a user's YAML, --set train.epochs=N, --epochs N) turns
+    # the budget of the layers below off: an epoch count the user chose is taken as it is.
+    min_steps: int = Field(0, ge=0)
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
     seed: int = 1
@@ -300,12 +305,22 @@ def load_config(
     merged: dict = {}
     for origin, layer in layers:
         # each file is checked as it is merged, so an error names the file that holds the bad value
-        merged = deep_merge(merged, layer)
+        merged = deep_merge(merged, _epochs_are_exact(layer))
         if isinstance(merged.setdefault("model", {}), dict):
             merged["model"]["name"] = name
         if layer and origin:
             validate(RunConfig, merged, "config", origin)
     return validate(RunConfig, merged, "config")  # type: ignore[return-value]
+
+
+def _epochs_are_exact(layer: dict) -> dict:
+    """A layer that sets `train.epochs` without `train.min_steps` (a user's YAML, `--set
+    train.epochs=N`, `--epochs N`) means exactly that many epochs: the step budget of a layer
+    below it (a packaged recipe's) belonged to the recipe's own epoch count."""
+    train = layer.get("train")
+    if isinstance(train, dict) and "epochs" in train and "min_steps" not in train:
+        return {**layer, "train": {**train, "min_steps": 0}}
+    return layer
 
 
 def _model_name(layer: dict) -> str | None:
