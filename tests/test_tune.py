@@ -139,6 +139,9 @@ def test_sqlite_two_workers_resume_and_best_yaml(tmp_path):
     points = [tuple(sorted(t.params.items())) for t in trained]
     assert len(points) == len(set(points)) and len(trained) <= 4
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+    from mmerkit.tune import threads_per_worker
+
+    assert set(_trial_threads(tmp_path / "study")) == {threads_per_worker(2)}  # each its share of the cores
     for t in trained:
         run = Path(t.user_attrs["run_dir"])
         assert run.parent.parent == tmp_path / "study" / "trials"
@@ -189,6 +192,33 @@ def test_tuning_never_reads_the_test_split_and_final_seeds_read_it_once_each(tmp
     assert [r.test_metrics["seed"] for r in res.final] == [1, 2]
     assert res.final_summary["micro_f1"]["mean"] == pytest.approx(
         sum(r.test_metrics["micro_f1"] for r in res.final) / 2)
+
+
+def _trial_threads(study_dir: Path) -> list[int]:
+    """The torch threads each trained trial ran on (its run's env.json)."""
+    return [json.loads(p.read_text())["torch_threads"] for p in sorted((study_dir / "trials").glob("*/*/env.json"))]
+
+
+def test_one_worker_trains_on_every_core_and_gives_the_caller_its_threads_back(tmp_path, monkeypatch):
+    """A 1-worker study runs its trials in the calling process on every usable core, as a plain
+    `mmer train` does (not on whatever the caller's torch was set to: 1 thread here, by conftest),
+    and the caller has its own count back afterwards; OMP_NUM_THREADS, where set, is the count."""
+    import torch
+
+    from mmerkit.tune import usable_cores
+
+    store = toy_store(tmp_path / "store").path
+    kw = dict(trials=1, space=SMALL_SPACE, epochs=1, overrides=FIXED, pruner="none", quiet=True)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert torch.get_num_threads() == 1
+    api.tune("early_fusion", store, out=tmp_path / "every_core", **kw)
+    assert _trial_threads(tmp_path / "every_core") == [usable_cores()]
+    assert torch.get_num_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(usable_cores())
+    api.tune("early_fusion", store, out=tmp_path / "omp_1", **kw)
+    assert _trial_threads(tmp_path / "omp_1") == [1]
+    assert torch.get_num_threads() == usable_cores()
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@
 is the store's own name (`meta.json` "name", which defaults to the store's folder name)::
 
     config.yaml          the resolved RunConfig
-    env.json             versions, seed, devices, and the store: absolute path + fingerprint
+    env.json             versions, seed, devices, torch threads, and the store: absolute path + fingerprint
     metrics.csv          one row per epoch and split (train, valid)
     best.ckpt last.ckpt  resumable training state (last.ckpt.prev: the previous last.ckpt)
     valid_metrics.json   validation metrics at the chosen threshold
@@ -330,7 +330,7 @@ class Run:
 
 
 def environment(cfg: RunConfig, store: FeatureStore, world_size: int, device: str) -> dict[str, Any]:
-    """The content of env.json: versions, seed, devices and the store's identity."""
+    """The content of env.json: versions, seed, devices (and torch threads: timings depend on them) and the store's identity."""
     import os
     import platform
     import sys
@@ -344,7 +344,7 @@ def environment(cfg: RunConfig, store: FeatureStore, world_size: int, device: st
     return {"mmerkit": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "lightning_fabric": lightning_fabric.__version__, "numpy": np.__version__,
             "platform": platform.platform(), "seed": cfg.train.seed, "world_size": world_size,
-            "device": device, "precision": cfg.train.precision,
+            "device": device, "precision": cfg.train.precision, "torch_threads": torch.get_num_threads(),
             "cuda": torch.version.cuda if torch.cuda.is_available() else None,
             "store": str(store.path.resolve()), "store_fingerprint": store_fingerprint(store),
             "store_name": store.name, "dataset": data_name(store), "splits": store.splits,

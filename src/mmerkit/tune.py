@@ -366,6 +366,44 @@ def _let_worker_0_take_the_enqueued_trials(s, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
+def usable_cores() -> int:
+    """The CPUs this process may run on: its affinity mask (a SLURM allocation, `taskset`), which
+    is what torch's default thread count follows too, not the machine's os.cpu_count()."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int) -> int:
+    """Torch threads of each of `workers` trial processes on this machine: OMP_NUM_THREADS where
+    the user set it (per process, as a plain `mmer train` and Fabric's CPU processes take it),
+    else the usable cores shared out: 1 worker every core, K workers cores // K each, at least 1.
+    More threads than cores make OpenMP threads wait on each other, worst on a busy machine."""
+    explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if explicit.isdigit() and int(explicit) > 0:
+        return int(explicit)
+    return max(usable_cores() // max(workers, 1), 1)
+
+
+class torch_threads:
+    """`with torch_threads(n):` torch runs on n intra-op threads inside, the caller's count after."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import torch
+
+        torch.set_num_threads(self.saved)
+
+
 def _worker_main(study: StudySettings, space: list[Param], configure: Configure, data: str | None,
                  budget: Budget, worker: int, deadline: float | None, threads: int, log: str) -> None:
     """A worker process: its share of the cores, its output in STUDY_DIR/logs/worker_K.log."""
@@ -394,7 +432,7 @@ def run_workers(study: StudySettings, space: list[Param], configure: Configure, 
     ctx = multiprocessing.get_context("spawn")
     budget = Budget(left, ctx)
     k = min(study.workers, left)
-    threads = max((os.cpu_count() or 1) // k, 1)
+    threads = threads_per_worker(k)
     deadline = time.time() + study.timeout if study.timeout else None
     logs = study.study_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -621,10 +659,11 @@ def run_study(study: StudySettings, space: list[Param], recipe: dict[str, Any], 
     if left <= 0:
         progress.console.print(f"study {study.name!r} already holds {counted(s)} trials (--trials {study.trials}): "
                                "nothing to run; raise --trials to add more")
-    elif study.workers == 1:
+    elif study.workers == 1:  # in this process, on every core (as a plain `mmer train` runs), whatever the caller set
         deadline = time.time() + study.timeout if study.timeout else None
-        work(study, space, configure, data, Budget(left), 0, deadline,
-             on_start=progress.started, on_end=lambda st, t: progress(st))
+        with torch_threads(threads_per_worker(1)):
+            work(study, space, configure, data, Budget(left), 0, deadline,
+                 on_start=progress.started, on_end=lambda st, t: progress(st))
     else:
         run_workers(study, space, configure, data, left, progress)
     return s
