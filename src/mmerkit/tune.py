@@ -160,13 +160,13 @@ def _redact(url: str) -> str:
 # ----------------------------------------------------------------------------- the study
 
 
-def create_or_join(study: StudySettings, space: list[Param], recipe: dict[str, Any]):
+def create_or_join(study: StudySettings, space: list[Param], recipe: dict[str, Any], storage=None):
     """Create the study (its first trial the packaged recipe) or join the existing one, which
     must have been created for the same model, metric, epochs and space."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(study)
+    storage = storage or open_storage(study)
     s = optuna.create_study(storage=storage, study_name=study.name, direction=study.direction,
                             load_if_exists=True)
     identity = {"model": study.model, "metric": study.metric, "epochs": study.epochs,
@@ -331,16 +331,17 @@ class Budget:
 
 
 def work(study: StudySettings, space: list[Param], configure: Configure, data: str | None, budget: Budget,
-         worker: int, deadline: float | None, on_start=None, on_end=None) -> None:
+         worker: int, deadline: float | None, on_start=None, on_end=None, storage=None) -> None:
     """Take trials from the budget until it is spent, the storage holds N trials (other
     machines count too) or the deadline has passed; each trial through study.optimize, so
-    Optuna's heartbeat runs and stale trials of dead workers are failed."""
+    Optuna's heartbeat runs and stale trials of dead workers are failed. `storage`: one already
+    open in this process (opening checks the schema: a fixed cost of each `mmer tune`)."""
     import optuna
 
     from mmerkit.errors import TrainingDiverged
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    s = optuna.load_study(study_name=study.name, storage=open_storage(study),
+    s = optuna.load_study(study_name=study.name, storage=storage or open_storage(study),
                           sampler=make_sampler(study, worker), pruner=make_pruner(study))
     objective = Objective(study, space, configure, data, on_start)
     callbacks = [lambda st, t: on_end(st, t)] if on_end else []
@@ -422,7 +423,7 @@ def _worker_main(study: StudySettings, space: list[Param], configure: Configure,
 
 
 def run_workers(study: StudySettings, space: list[Param], configure: Configure, data: str | None,
-                left: int, show: Progress) -> list[int]:
+                left: int, show: Progress, storage=None) -> list[int]:
     """K processes (spawned: a forked torch is not safe), `left` trials between them; the
     parent shows progress from the storage. Returns the workers' exit codes."""
     import multiprocessing
@@ -450,7 +451,7 @@ def run_workers(study: StudySettings, space: list[Param], configure: Configure, 
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = saved
-    s = optuna.load_study(study_name=study.name, storage=open_storage(study))
+    s = optuna.load_study(study_name=study.name, storage=storage or open_storage(study))
     try:
         while any(p.is_alive() for p in procs):
             show(s)
@@ -652,7 +653,8 @@ def run_study(study: StudySettings, space: list[Param], recipe: dict[str, Any], 
     import optuna
 
     study.study_dir.mkdir(parents=True, exist_ok=True)
-    s = create_or_join(study, space, recipe)
+    storage = open_storage(study)
+    s = create_or_join(study, space, recipe, storage)
     optuna.storages.fail_stale_trials(s)  # a killed earlier run's trial, once its heartbeat is stale
     left = study.trials - counted(s)
     progress = Progress(study, quiet)
@@ -663,9 +665,9 @@ def run_study(study: StudySettings, space: list[Param], recipe: dict[str, Any], 
         deadline = time.time() + study.timeout if study.timeout else None
         with torch_threads(threads_per_worker(1)):
             work(study, space, configure, data, Budget(left), 0, deadline,
-                 on_start=progress.started, on_end=lambda st, t: progress(st))
+                 on_start=progress.started, on_end=lambda st, t: progress(st), storage=storage)
     else:
-        run_workers(study, space, configure, data, left, progress)
+        run_workers(study, space, configure, data, left, progress, storage)
     return s
 
 
