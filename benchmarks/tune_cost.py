@@ -47,6 +47,17 @@ def threads_used(out: Path) -> list[int]:
     return [json.loads(p.read_text())["torch_threads"] for p in sorted(out.rglob("env.json"))]
 
 
+def glue_seconds(study_dir: Path) -> list[float]:
+    """Per trained trial: Optuna's duration minus the engine's (trial.json `seconds`, timed around
+    the training call): what Optuna and the glue add to a trial, measured inside the same trial."""
+    import csv
+
+    with open(study_dir / "trials.csv", newline="") as f:
+        duration = {int(r["number"]): float(r["duration_s"]) for r in csv.DictReader(f)}
+    trials = [json.loads(p.read_text()) for p in sorted((study_dir / "trials").glob("*/*/trial.json"))]
+    return [round(duration[t["trial"]] - t["seconds"], 2) for t in trials]
+
+
 def plain_train(model: str, sets: list[str], epochs: int, out: Path) -> dict:
     from mmerkit import api
 
@@ -76,7 +87,8 @@ def one_trial(model: str, sets: list[str], epochs: int, out: Path) -> dict:
     res = api.tune(model, None, trials=1, epochs=epochs, out=out, overrides=sets, space=SAME_COST, pruner="none",
                    quiet=True)
     return {"trial_s": float(res.trials[0]["duration_s"]), "call_s": round(time.perf_counter() - start, 2),
-            "threads": threads_used(out / "trials"), "load_before": before, "load_after": load()}
+            "glue_s": glue_seconds(out)[0], "threads": threads_used(out / "trials"),
+            "load_before": before, "load_after": load()}
 
 
 def study_throughput(model: str, sets: list[str], epochs: int, trials: int, workers: int, out: Path) -> dict:
@@ -89,7 +101,8 @@ def study_throughput(model: str, sets: list[str], epochs: int, trials: int, work
     done = sum(t["state"] in ("complete", "pruned") for t in res.trials)
     return {"workers": workers, "trials": done, "seconds": round(seconds, 1),
             "trials_per_minute": round(60 * done / seconds, 3),
-            "trial_s": [t["duration_s"] for t in res.trials], "threads": threads_used(out / "trials"),
+            "trial_s": [t["duration_s"] for t in res.trials], "glue_s": glue_seconds(out),
+            "threads": threads_used(out / "trials"),
             "load_before": before, "load_after": load()}
 
 
@@ -128,7 +141,8 @@ def main() -> None:
                 "runs": runs, "engine_runs": engine, "trials": trials,
                 "trial_overhead_pct": round(100 * (trial_m / train_m - 1), 1),
                 "tune_call_overhead_pct": round(100 * (call_m / train_m - 1), 1),
-                "trial_over_engine_pct": round(100 * (trial_m / engine_m - 1), 1)}
+                "trial_over_engine_pct": round(100 * (trial_m / engine_m - 1), 1),
+                "glue_pct_of_trial": round(100 * statistics.median(t["glue_s"] / t["trial_s"] for t in trials), 2)}
     # 1 and 2 workers alternated, so a change in the machine's load hits both
     studies = [study_throughput(args.model, sets, args.epochs, args.trials, k, args.out / f"workers{k}_{i}")
                for i in range(args.study_repeats or args.repeats) for k in (1, 2)]
@@ -138,7 +152,8 @@ def main() -> None:
                   for k in (1, 2)]
     result = {"model": args.model, "overrides": sets, "epochs": args.epochs, "repeats": args.repeats,
               "cpu_count": os.cpu_count(), "usable_cores": usable_cores(),
-              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "nice": os.nice(0),
+              "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "nice": os.nice(0),
               "load_start": load_start, "load_end": load(),
               "overhead": overhead, "studies": studies, "throughput": throughput,
               "speedup_2_workers": round(throughput[1]["trials_per_minute"] / throughput[0]["trials_per_minute"], 2)}
@@ -149,6 +164,8 @@ def main() -> None:
     print(f"| the same engine run without test split and export (median) | {engine_m:.1f} s |")
     print(f"| one trial (median) | {trial_m:.1f} s ({overhead['trial_overhead_pct']:+.1f}% over `mmer train`, "
           f"{overhead['trial_over_engine_pct']:+.1f}% over the engine run) |")
+    print(f"| Optuna and glue inside the trial (its duration minus the engine's, median) | "
+          f"{overhead['glue_pct_of_trial']:.2f}% |")
     print(f"| whole `api.tune` call, 1 trial (median) | {call_m:.1f} s ({overhead['tune_call_overhead_pct']:+.1f}%) |")
     for row in throughput:
         print(f"| {row['workers']} worker(s), {row['trials']} trials (median) | {row['seconds']:.0f} s, "

@@ -415,6 +415,8 @@ def _worker_main(study: StudySettings, space: list[Param], configure: Configure,
     sys.stderr = os.fdopen(2, "w", buffering=1)
     import torch
 
+    import mmerkit.engine  # noqa: F401  (imported now, not inside the first trial: its duration is its own)
+
     torch.set_num_threads(threads)
     try:
         work(study, space, configure, data, budget, worker, deadline)
