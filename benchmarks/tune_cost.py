@@ -20,6 +20,10 @@ and matplotlib by a fresh `mmer tune` process is not counted.
 
     python benchmarks/tune_cost.py --out runs/tune_cost                 # defaults below
     python benchmarks/tune_cost.py --model late_fusion --epochs 5 --trials 4 --repeats 3
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/tune_cost.py --study-repeats 1   # README's run
+
+On cores other processes also use, torch's spinning OpenMP threads make every 2-thread run
+several times slower (README, "What a trial costs"): there, run it with OMP_WAIT_POLICY=PASSIVE.
 
 Results go to OUT/tune_cost.json and a markdown table on stdout.
 """
