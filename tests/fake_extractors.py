@@ -1,7 +1,7 @@
 """Tiny deterministic extractors for the pipeline tests (a plugin module: `plugins=["fake_extractors"]`).
 
-They need no model files, run in microseconds, and append one line per call to the file named
-by $MMERKIT_FAKE_LOG, so tests can count extractor calls across processes. The features
+They need no model files, run in microseconds, and append one line per call (name, clip id, process id) to
+the file named by $MMERKIT_FAKE_LOG, so tests can count extractor calls across processes. The features
 depend on the media (audio energy, mean colour), so different clips give different features.
 $MMERKIT_FAKE_SLEEP (seconds) slows each call down, for the kill-and-resume test.
 """
@@ -20,7 +20,7 @@ def _log(name: str, clip) -> None:
     path = os.environ.get("MMERKIT_FAKE_LOG")
     if path:
         with open(path, "a") as f:
-            f.write(f"{name}\t{clip.id}\n")
+            f.write(f"{name}\t{clip.id}\t{os.getpid()}\n")
     delay = float(os.environ.get("MMERKIT_FAKE_SLEEP", "0") or 0)
     if delay:
         time.sleep(delay)

@@ -235,12 +235,36 @@ def test_bad_shard_spec(clips, tmp_path, bad):
 
 
 def test_worker_processes_give_the_same_store(clips, tmp_path, fake_log):
+    import torch
+
     man = _manifest(clips / "m_workers.csv", _good_rows())
     one = run_extract(man, tmp_path / "one", config=FAKE).store
-    two = run_extract(man, tmp_path / "two", config=FAKE, workers=2).store
-    for m in one.modalities:
-        np.testing.assert_array_equal(one.split("train").features[m], two.split("train").features[m])
-    assert _calls(fake_log, "fake_audio") == 12  # the workers logged their calls too
+    fake_log.unlink()
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        two = run_extract(man, tmp_path / "two", config=FAKE, workers=2).store
+        assert torch.get_num_threads() == 3  # this process extracted with the helpers' count, then got its own back
+    finally:
+        torch.set_num_threads(before)
+    for s in ("train", "valid", "test"):
+        for m in one.modalities:
+            np.testing.assert_array_equal(one.split(s).features[m], two.split(s).features[m])
+    calls = [line.split("\t") for line in fake_log.read_text().splitlines() if line.startswith("fake_audio\t")]
+    assert sorted(c[1] for c in calls) == [f"u{k}" for k in range(6)]  # every item once, none twice
+    # --workers 2: this process extracts too (it has loaded torch already), next to one helper process
+    # that is handed its first items at once, so both take part whatever their speeds
+    pids = {int(c[2]) for c in calls}
+    assert os.getpid() in pids and len(pids) == 2
+
+
+def test_extract_and_the_cli_start_without_torch():
+    """`mmer extract` starts its helper processes before it loads torch (seconds of start-up, more
+    than a few dozen short clips take): the CLI, the pipeline and the store must not import it."""
+    code = ("import sys, mmerkit.cli, mmerkit.extract.pipeline, mmerkit.extract.manifest, mmerkit.data.store; "
+            "print(sorted(m for m in ('torch', 'transformers', 'librosa', 'mediapipe') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_dialogue_level_store(clips, tmp_path, fake_log):

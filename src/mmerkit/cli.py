@@ -406,6 +406,9 @@ def extract(manifest: Path = typer.Argument(..., help="media manifest CSV (id, m
             parts: list[Path] | None = typer.Option(None, "--parts", help="STORE.parts of other shards"),
             overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
     """Extract text, audio and visual features from media into a FeatureStore."""
+    from mmerkit.extract.pipeline import skip_final_collection
+
+    skip_final_collection()  # the process ends after this command: seconds sooner
     try:
         res = api.extract(manifest, out, config=config, text=text, audio=audio, visual=visual, fps=fps,
                           sample_rate=sample_rate, align=align, asr=asr, word_timings=word_timings, level=level,

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib
 import json
@@ -60,11 +61,14 @@ class Featurizer:
                 raise ConfigError(f"extractor {ex.name!r} makes {ex.modality!r} features, not {m!r}; "
                                   f"name it as --{ex.modality}")
         self._asr = None
+        self._described: dict[str, dict[str, Any]] | None = None
         self.checked: set[str] = set()  # export extractor records already compared with ours
 
     def describe(self) -> dict[str, dict[str, Any]]:
         """modality -> the extractor's `describe()` (names, versions, model sha256, dims, rates)."""
-        return {m: ex.describe() for m, ex in self.extractors.items()}
+        if self._described is None:  # package versions are looked up once, not for every item
+            self._described = {m: ex.describe() for m, ex in self.extractors.items()}
+        return copy.deepcopy(self._described)
 
     def asr_describe(self) -> dict[str, Any] | None:
         return None if self._asr is None else self._asr.describe()

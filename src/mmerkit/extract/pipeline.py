@@ -33,7 +33,7 @@ import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,10 +164,27 @@ def process_item(item: MediaItem, config: ExtractConfig, items_dir: Path, finger
 def _init_worker(plugins: list[str], threads: int) -> None:
     import torch
 
+    skip_final_collection()
     torch.set_num_threads(threads)
     from mmerkit.extract.featurize import import_plugins
 
     import_plugins(plugins)
+
+
+def skip_final_collection() -> None:
+    """At this process's exit, skip the garbage collector's last passes over every object.
+
+    A process that loaded torch, transformers, librosa and mediapipe holds millions of objects;
+    the collections that interpreter shutdown runs over them took 3.6 s per process on this
+    project's 2-core machine at load 8 (0.7 s with this), as long as a dozen short clips take.
+    `gc.freeze()` run as an exit handler puts them out of the collector's sight; the memory goes
+    back to the system anyway. Only for processes whose files are all written and closed by
+    then (extraction writes each item atomically).
+    """
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -309,9 +326,10 @@ def _extract_all(todo: list[MediaItem], cfg: ExtractConfig, items_dir: Path, fp:
     jobs = [(it, words_for(timings, it.id, it.start)) for it in todo]
     by_id = {it.id: it for it in todo}
     failed = 0
-    # until the first item is back the bar says what the wait is: each process loads the extractors
-    starting = (f"starting {workers} worker processes (each loads the extractors)" if workers > 1 and len(todo) > 1
-                else "loading the extractors")
+    # until the first item is back the bar says what the wait is: every process loads the extractors
+    helpers = workers - 1
+    starting = (f"loading the extractors (here and in {helpers} helper process{'es' if helpers > 1 else ''})"
+                if helpers and len(todo) > 1 else "loading the extractors")
     with ProgressBar(starting, len(todo), enabled=progress) as bar:
         for item_id, status, reason in _results(jobs, cfg, items_dir, fp, workers):
             bar.advance(description="extracting")
@@ -329,30 +347,63 @@ def _extract_all(todo: list[MediaItem], cfg: ExtractConfig, items_dir: Path, fp:
 
 
 def _results(jobs, cfg: ExtractConfig, items_dir: Path, fp: str, workers: int) -> Iterable[tuple[str, str, str]]:
+    """Results of `jobs` in completion order.
+
+    With `workers` > 1 this process extracts too, in a thread, next to `workers` - 1 spawned
+    helper processes: the parent has already paid the interpreter and torch start-up that every
+    spawned process pays again (seconds, as much as a few dozen short clips take), and its
+    extractors are ready while the helpers still load theirs. Each executor is kept fed from
+    one shared queue, so whoever is ready takes the next item.
+    """
     if workers == 1 or len(jobs) == 1:
         for it, words in jobs:
             yield process_item(it, cfg, items_dir, fp, words)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")  # fork after torch/OpenMP threads have started can deadlock
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(list(cfg.plugins), threads))
+    helpers = ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_init_worker,
+                                  initargs=(list(cfg.plugins), threads))
+    torch_threads: list[int] = []  # this process's own setting, given back at the end
+    here = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmer-extract", initializer=_share_threads,
+                              initargs=(threads, torch_threads))
+    # at most 2 jobs per helper in flight (one running, one on its way); 1 for this process
+    room = {helpers: 2 * (workers - 1), here: 1}
+    queue = iter(jobs)
+    pending: dict = {}
+
+    def feed(executor) -> None:
+        while sum(ex is executor for ex in pending.values()) < room[executor]:
+            nxt = next(queue, None)
+            if nxt is None:
+                return
+            pending[executor.submit(process_item, nxt[0], cfg, items_dir, fp, nxt[1])] = executor
+
     try:
-        pending = set()
-        queue = iter(jobs)
-        for it, words in queue:  # keep at most 2 jobs per worker in flight
-            pending.add(pool.submit(process_item, it, cfg, items_dir, fp, words))
-            if len(pending) >= 2 * workers:
-                break
+        feed(here)  # this process starts loading its extractors in its thread,
+        feed(helpers)  # the helpers start their interpreters meanwhile
         while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
+                executor = pending.pop(fut)
                 yield fut.result()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending.add(pool.submit(process_item, nxt[0], cfg, items_dir, fp, nxt[1]))
+                feed(executor)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        helpers.shutdown(wait=True, cancel_futures=True)
+        here.shutdown(wait=True, cancel_futures=True)
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads[0])
+
+
+def _share_threads(threads: int, before: list[int]) -> None:
+    """This process extracts with as many torch threads as each helper (its own number is kept
+    in `before`, to be given back). Runs in the extraction thread: torch loads there, after the
+    helpers have been started."""
+    import torch
+
+    before.append(torch.get_num_threads())
+    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- failures
