@@ -29,11 +29,13 @@ import io
 import json
 import multiprocessing as mp
 import os
+import queue
 import re
 import shutil
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,63 +349,102 @@ def _extract_all(todo: list[MediaItem], cfg: ExtractConfig, items_dir: Path, fp:
 
 
 def _results(jobs, cfg: ExtractConfig, items_dir: Path, fp: str, workers: int) -> Iterable[tuple[str, str, str]]:
-    """Results of `jobs` in completion order.
+    """Results of `jobs` (item, words), each once.
 
-    With `workers` > 1 this process extracts too, in a thread, next to `workers` - 1 spawned
-    helper processes: the parent has already paid the interpreter and torch start-up that every
-    spawned process pays again (seconds, as much as a few dozen short clips take), and its
-    extractors are ready while the helpers still load theirs. Each executor is kept fed from
-    one shared queue, so whoever is ready takes the next item.
+    With `workers` > 1 this process extracts too, next to `workers` - 1 spawned helper
+    processes: it would otherwise only wait, and it starts its extractors while the helpers
+    still start their interpreters (several seconds, as long as a few dozen short clips take).
+    A thread keeps the helpers fed from the same queue this process takes its items from, so
+    whoever is free takes the next item. This process extracts in its main thread, as with one
+    worker, so Ctrl+C stops the item in hand at once.
     """
     if workers == 1 or len(jobs) == 1:
         for it, words in jobs:
             yield process_item(it, cfg, items_dir, fp, words)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = mp.get_context("spawn")  # fork after torch/OpenMP threads have started can deadlock
-    helpers = ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_init_worker,
-                                  initargs=(list(cfg.plugins), threads))
-    torch_threads: list[int] = []  # this process's own setting, given back at the end
-    here = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmer-extract", initializer=_share_threads,
-                              initargs=(threads, torch_threads))
-    # at most 2 jobs per helper in flight (one running, one on its way); 1 for this process
-    room = {helpers: 2 * (workers - 1), here: 1}
-    queue = iter(jobs)
-    pending: dict = {}
-
-    def feed(executor) -> None:
-        while sum(ex is executor for ex in pending.values()) < room[executor]:
-            nxt = next(queue, None)
-            if nxt is None:
-                return
-            pending[executor.submit(process_item, nxt[0], cfg, items_dir, fp, nxt[1])] = executor
-
+    todo = _SharedQueue(jobs)
+    mine = todo.take()  # this process's first item: it is never left idle while helpers start
+    helpers = ProcessPoolExecutor(max_workers=workers - 1, mp_context=mp.get_context("spawn"),
+                                  initializer=_init_worker, initargs=(list(cfg.plugins), threads))
+    # spawn: fork after torch/OpenMP threads have started can deadlock
+    from_helpers: queue.SimpleQueue = queue.SimpleQueue()
+    feeder = threading.Thread(target=_feed_helpers, daemon=True, name="mmer-extract-feeder",
+                              args=(helpers, todo, 2 * (workers - 1), from_helpers,
+                                    (cfg, items_dir, fp)))
+    feeder.start()
+    own_threads = None
+    given = 0
     try:
-        feed(here)  # this process starts loading its extractors in its thread,
-        feed(helpers)  # the helpers start their interpreters meanwhile
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                executor = pending.pop(fut)
-                yield fut.result()
-                feed(executor)
+        while mine is not None:
+            while not from_helpers.empty():
+                given += 1
+                yield _unpack(from_helpers.get())
+            if own_threads is None:  # torch loads here, after the helpers have been started
+                own_threads = _set_torch_threads(threads)
+            yield process_item(mine[0], cfg, items_dir, fp, mine[1])
+            given += 1
+            mine = todo.take()
+        while given < len(jobs):
+            given += 1
+            yield _unpack(from_helpers.get())
     finally:
+        todo.close()  # the feeder hands out nothing more
         helpers.shutdown(wait=True, cancel_futures=True)
-        here.shutdown(wait=True, cancel_futures=True)
-        if torch_threads:
-            import torch
-
-            torch.set_num_threads(torch_threads[0])
+        if own_threads is not None:
+            _set_torch_threads(own_threads)
 
 
-def _share_threads(threads: int, before: list[int]) -> None:
-    """This process extracts with as many torch threads as each helper (its own number is kept
-    in `before`, to be given back). Runs in the extraction thread: torch loads there, after the
-    helpers have been started."""
+class _SharedQueue:
+    """The jobs, taken one at a time by this process and by the helpers' feeder thread."""
+
+    def __init__(self, jobs: list) -> None:
+        self._jobs = iter(jobs)
+        self._lock = threading.Lock()
+
+    def take(self):
+        with self._lock:
+            return next(self._jobs, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self._jobs = iter(())
+
+
+def _feed_helpers(helpers: ProcessPoolExecutor, todo: _SharedQueue, room: int, out: queue.SimpleQueue,
+                  args: tuple) -> None:
+    """Keep `room` jobs in flight in the helper processes; put each result (or the exception
+    it raised) into `out`. Ends when the queue is empty and nothing is in flight."""
+    cfg, items_dir, fp = args
+    pending: set = set()
+    try:
+        while True:
+            while len(pending) < room and (job := todo.take()) is not None:
+                pending.add(helpers.submit(process_item, job[0], cfg, items_dir, fp, job[1]))
+            if not pending:
+                return
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                out.put((True, fut.result()))
+    except BaseException as e:  # a helper died, or the run was stopped: the main thread decides
+        out.put((False, e))
+
+
+def _unpack(outcome: tuple[bool, Any]) -> tuple[str, str, str]:
+    ok, value = outcome
+    if not ok:
+        raise value
+    return value
+
+
+def _set_torch_threads(threads: int) -> int:
+    """This process extracts with as many torch threads as each helper; returns its own number
+    (to be given back at the end)."""
     import torch
 
-    before.append(torch.get_num_threads())
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    return before
 
 
 # ----------------------------------------------------------------------------- failures
