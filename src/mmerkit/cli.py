@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
+import gc
 import json
 import sys
 from pathlib import Path
@@ -406,9 +408,9 @@ def extract(manifest: Path = typer.Argument(..., help="media manifest CSV (id, m
             parts: list[Path] | None = typer.Option(None, "--parts", help="STORE.parts of other shards"),
             overwrite: bool = typer.Option(False, help="replace an existing store")) -> None:
     """Extract text, audio and visual features from media into a FeatureStore."""
-    from mmerkit.extract.pipeline import skip_final_collection
-
-    skip_final_collection()  # the process ends after this command: seconds sooner
+    # the process ends after this command: skip the exit's garbage collection over everything the
+    # extractors loaded (seconds; see mmerkit.extract.pipeline.skip_final_collection)
+    atexit.register(gc.freeze)
     try:
         res = api.extract(manifest, out, config=config, text=text, audio=audio, visual=visual, fps=fps,
                           sample_rate=sample_rate, align=align, asr=asr, word_timings=word_timings, level=level,
