@@ -142,8 +142,10 @@ def run_entry(name: str, seeds: list[int], out: Path, extra: list[str], epochs: 
 
     model, config, sets = ENTRIES[name]
     start = time.perf_counter()
+    # an epoch count given here (--epochs, --tiny's 1) is exact, also for the entries that set a step budget
+    exact = ["train.min_steps=0"] if epochs is not None else []
     results = api.train(model, data, out=out / name, seeds=seeds, config=config, epochs=epochs,
-                        overrides=[*sets, *extra, "train.progress=false"])
+                        overrides=[*sets, *extra, *exact, "train.progress=false"])
     row = {"entry": name, "model": model, "config": config, "overrides": [*sets, *extra], "seeds": seeds,
            "seconds": round(time.perf_counter() - start, 1)}
     for key in REPORTED:

@@ -81,6 +81,10 @@ def test_robustness_tiny_writes_cells_with_margins(quality, tmp_path):
         seed = c["per_seed"][0]
         assert c["margin"] == pytest.approx(seed["micro_f1"] - seed["constant_micro_f1"])
         assert 0 < c["constant_micro_f1"] <= 1
+    # --tiny's one epoch is exact: the entry's step budget (train.min_steps) does not lengthen it
+    assert all(c["per_seed"][0]["best_epoch"] == 1 for c in cells)
+    assert {p.parent.name for p in tmp_path.rglob("metrics.csv")} and all(
+        p.read_text().count("\n1,valid") == 1 and "\n2," not in p.read_text() for p in tmp_path.rglob("metrics.csv"))
     assert cells[0]["constant_micro_f1"] != cells[1]["constant_micro_f1"]
     table = quality.robustness_markdown(cells).splitlines()
     assert len(table) == 2 + len(cells) and table[3].startswith("| mosei-like | late_fusion |")
