@@ -799,7 +799,9 @@ def demo_time_estimate(load: float | None = None, cores: int | None = None) -> s
     if load is None:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from mmerkit.tune import usable_cores
+
+        cores = usable_cores()
     factor = max(1.0, (load + 1.0) / max(cores, 1)) * 2 / min(max(cores, 1), 2)
     lo, hi = (round(m * factor) for m in DEMO_IDLE_MINUTES)
     busy = f"; this machine has a load of {load:.1f} on {cores} CPU core(s)" if factor > 1.05 else ""
