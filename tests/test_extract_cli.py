@@ -384,8 +384,11 @@ def test_ctrl_c_during_extract_says_how_to_go_on(media_dir, tmp_path):
     out = tmp_path / "store"
     # each call sleeps 2 s, so the first item lands well before the last even on a loaded machine
     env = {**os.environ, "MMERKIT_FAKE_SLEEP": "2", "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    # Ctrl+C as a terminal delivers it: the child must not inherit an ignored SIGINT (pytest run as
+    # a background job of a non-interactive shell has SIGINT ignored, and exec keeps that)
     proc = subprocess.Popen([sys.executable, "-m", "mmerkit", "extract", str(media_dir / "manifest.csv"), "--out",
-                             str(out), *FAKE_OPTS], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(out), *FAKE_OPTS], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     items = tmp_path / "store.parts" / "items"
     deadline = time.time() + 60
     while time.time() < deadline and not list(items.glob("*.npz")):
