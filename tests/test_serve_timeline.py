@@ -58,7 +58,13 @@ def lines(response: httpx.Response) -> list[dict]:
 
 
 def leftovers(app) -> list[Path]:
-    return [p for p in app.state.serve.uploads.path.rglob("*")]
+    """Files and folders left in the server's upload area. A folder the server deletes while this
+    walks it is read again, so the answer is one whole listing, never a half-deleted one."""
+    while True:
+        try:
+            return [p for p in app.state.serve.uploads.path.rglob("*")]
+        except FileNotFoundError:
+            time.sleep(0.05)
 
 
 def test_timeline_streams_one_line_per_window(server, recording):
