@@ -221,6 +221,21 @@ def test_one_worker_trains_on_every_core_and_gives_the_caller_its_threads_back(t
     assert torch.get_num_threads() == usable_cores()
 
 
+def test_pruner_counts_the_epochs_the_step_budget_gives_a_small_split(tmp_path):
+    """Without an epoch count, a recipe's train.min_steps lengthens a small split's run (engine.
+    step_budget); the study's epoch count (the pruner's warm-up and Hyperband's resource) is that
+    resolved length, not the recipe's nominal epochs: 1 epoch, 12 steps = 3 epochs of 4 steps."""
+    from mmerkit.run import read_history
+
+    store = toy_store(tmp_path / "store").path  # 64 training samples: 4 steps of 16
+    recipe = {"train": {"epochs": 1, "min_steps": 12}}
+    api.tune("early_fusion", store, trials=1, config=recipe, space=SMALL_SPACE, out=tmp_path / "study",
+             overrides=FIXED, pruner="none", quiet=True)
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["epochs"] == 3
+    run = next((tmp_path / "study" / "trials" / "0000").iterdir())
+    assert {r["epoch"] for r in read_history(run / "metrics.csv")} == {1, 2, 3}
+
+
 @pytest.mark.slow
 def test_pruned_trial_is_recorded_and_its_run_says_so(tmp_path):
     """A pruner that prunes every trial at its first report: the trial stops after epoch 1 of 3,

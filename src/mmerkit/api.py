@@ -288,6 +288,7 @@ def tune(model: str | None = None, data: str | Path | FeatureStore | None = None
     import time
 
     from mmerkit import tune as tuning
+    from mmerkit.engine import step_budget
     from mmerkit.space import read_space_file, resolve_space, values_of, with_recipe_choices
 
     _check_tune_options(trials, workers, pruner, metric, timeout, heartbeat)
@@ -308,9 +309,12 @@ def tune(model: str | None = None, data: str | Path | FeatureStore | None = None
     study_dir = Path(out)
     if study_dir.exists() and not study_dir.is_dir():
         raise ConfigError(f"out={str(study_dir)!r} (CLI: --out) is a file; it names the study directory")
+    # the pruner's epoch count is the recipe's run as a trial's engine resolves it: train.min_steps
+    # lengthens the epochs of a small training split (one process; a multi-device trial runs fewer)
+    run_epochs = step_budget(base, len(store.split("train")), world=1).train.epochs
     settings = tuning.StudySettings(
         study_dir=study_dir, storage=tuning.storage_url(storage, study_dir), name=study_name or base.model_name,
-        model=base.model_name, trials=trials, metric=metric, epochs=base.train.epochs, pruner=pruner,
+        model=base.model_name, trials=trials, metric=metric, epochs=run_epochs, pruner=pruner,
         workers=workers, timeout=timeout, seed=seed, heartbeat=heartbeat)
     started = time.monotonic()
     data_arg = None if data is None else str(data)
