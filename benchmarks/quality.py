@@ -16,12 +16,14 @@ threshold on validation, test evaluated once), plus the pooled-feature logistic 
     python benchmarks/quality.py --robustness --out runs/robust           # every neural model x data
     python benchmarks/quality.py --robustness --only tailor amp --profiles mosei-like --seeds 1
     python benchmarks/quality.py --robustness --tiny --out /tmp/robust    # test size, CPU (tests)
+    python benchmarks/quality.py --robustness --table a/robustness.json b/robustness.json   # one grid
 
 `--robustness` trains every neural model at its CPU-width entry (ROBUSTNESS) on every data set
 of ROBUSTNESS_DATA (each synthetic profile, and the real AVEC/IEMOCAP features of
 ../shared/data when present) and reports, per cell, the test micro-F1 mean ± std and its
 margin over the best constant label set of that test split (mean margin, and the smallest
-margin of any seed). Results go to OUT/robustness.json and a markdown table.
+margin of any seed). Results go to OUT/robustness.json and a markdown table; `--robustness
+--table FILES` prints the saved cells as one grid (entries x data sets).
 
 `--tuned` compares each entry's packaged recipe with what `mmer tune` finds at an equal budget:
 every entry gets the same number of trials of the same number of epochs (its `--set`s stay
@@ -438,6 +440,38 @@ def robustness_markdown(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def robustness_grid(cells: list[dict]) -> str:
+    """One row per entry, one column per data set: test micro-F1 mean ± std and (margin over the
+    best constant: mean / worst seed); a cell whose worst seed is under +0.03 is marked with !."""
+    datasets = list(dict.fromkeys(c["data"] for c in cells))
+    entries = sorted({c["entry"] for c in cells}, key=lambda e: ROBUSTNESS.index(e) if e in ROBUSTNESS else len(ROBUSTNESS))
+    by_key = {(c["data"], c["entry"]): c for c in cells}
+    constants = {d: next(c["constant_micro_f1"] for c in cells if c["data"] == d) for d in datasets}
+    lines = ["| entry | " + " | ".join(f"{d} (constant {constants[d]:.3f})" for d in datasets) + " |",
+             "|---|" + "---|" * len(datasets)]
+    for entry in entries:
+        row = []
+        for d in datasets:
+            c = by_key.get((d, entry))
+            if c is None:
+                row.append("-")
+                continue
+            mark = " !" if c["min_margin"] < 0.03 else ""
+            row.append(f"{c['micro_f1']['mean']:.3f} ± {c['micro_f1']['std']:.3f} ({c['margin']:+.3f} / "
+                       f"{c['min_margin']:+.3f}; n={len(c['seeds'])}){mark}")
+        lines.append(f"| {entry} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def read_cells(files: list[Path]) -> list[dict]:
+    """robustness.json files merged: a later file's (data, entry) cell replaces an earlier one."""
+    merged: dict[tuple[str, str], dict] = {}
+    for f in files:
+        for c in json.loads(f.read_text()):
+            merged[(c["data"], c["entry"])] = c
+    return list(merged.values())
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=[*ENTRIES, "pooled_logreg"], help="entries to run")
@@ -463,7 +497,10 @@ def main(argv: list[str] | None = None) -> None:
         missing = [str(f) for f in args.table if not f.is_file()]
         if missing:
             p.error(f"--table: no such file {missing[0]} (pass quality.json files written by this script)")
-        print(comparison_table(args.table, args.only))
+        if args.robustness:
+            print(robustness_grid(read_cells(args.table)))
+        else:
+            print(comparison_table(args.table, args.only))
         return
     if args.suite and args.plan:
         plan = suite_plan(args.seeds)
@@ -479,6 +516,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = run_robustness(args.out, args.only or ROBUSTNESS, args.profiles or list(ROBUSTNESS_DATA),
                                args.seeds[:1] if args.tiny else args.seeds, args.epochs, args.tiny, args.set)
         print(robustness_markdown(cells))
+        print(robustness_grid(cells))
         return
     if args.suite:
         seeds = args.seeds[:1] if args.tiny else args.seeds

@@ -70,7 +70,7 @@ def test_robustness_covers_every_neural_model(quality):
     assert neural <= covered, f"add to ROBUSTNESS: {sorted(neural - covered)}"
 
 
-def test_robustness_tiny_writes_cells_with_margins(quality, tmp_path):
+def test_robustness_tiny_writes_cells_with_margins(quality, tmp_path, capsys):
     """`quality.py --robustness --tiny`: each cell has the test micro-F1 and its margin over the
     best constant label set of that data set's test split (the profiles differ, so do constants)."""
     quality.main(["--robustness", "--tiny", "--only", "late_fusion", "--out", str(tmp_path)])
@@ -88,6 +88,16 @@ def test_robustness_tiny_writes_cells_with_margins(quality, tmp_path):
     assert cells[0]["constant_micro_f1"] != cells[1]["constant_micro_f1"]
     table = quality.robustness_markdown(cells).splitlines()
     assert len(table) == 2 + len(cells) and table[3].startswith("| mosei-like | late_fusion |")
+    # --table reads the saved cells back as one grid: a row per entry, a column per data set,
+    # a later file's cell replacing an earlier one's
+    later = [{**cells[1], "micro_f1": {"mean": 0.999, "std": 0.0}}]
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    capsys.readouterr()
+    quality.main(["--robustness", "--table", str(tmp_path / "robustness.json"), str(tmp_path / "later.json")])
+    grid = capsys.readouterr().out.splitlines()
+    assert grid[0] == "| entry | " + " | ".join(f"{c['data']} (constant {c['constant_micro_f1']:.3f})" for c in cells) + " |"
+    [row] = grid[2:]
+    assert row.startswith("| late_fusion | ") and row.count("0.999 ± 0.000") == 1 and row.count("; n=1)") == len(cells)
 
 
 def test_tuned_tiny_compares_packaged_and_tuned_at_the_same_budget(quality, tmp_path):
