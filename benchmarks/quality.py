@@ -138,16 +138,20 @@ def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def exact_epochs(epochs: int | None) -> list[str]:
+    """An epoch count given here (--epochs, --tiny's 1) is exact, also for the entries whose
+    `--set`s restate a step budget (train.min_steps would lengthen it otherwise)."""
+    return ["train.min_steps=0"] if epochs is not None else []
+
+
 def run_entry(name: str, seeds: list[int], out: Path, extra: list[str], epochs: int | None,
-              data: Path | None = None) -> dict:
+              data: Path | None = None, resume: bool = False) -> dict:
     from mmerkit import api
 
     model, config, sets = ENTRIES[name]
     start = time.perf_counter()
-    # an epoch count given here (--epochs, --tiny's 1) is exact, also for the entries that set a step budget
-    exact = ["train.min_steps=0"] if epochs is not None else []
-    results = api.train(model, data, out=out / name, seeds=seeds, config=config, epochs=epochs,
-                        overrides=[*sets, *extra, *exact, "train.progress=false"])
+    results = api.train(model, data, out=out / name, seeds=seeds, config=config, epochs=epochs, resume=resume,
+                        overrides=[*sets, *extra, *exact_epochs(epochs), "train.progress=false"])
     row = {"entry": name, "model": model, "config": config, "overrides": [*sets, *extra], "seeds": seeds,
            "seconds": round(time.perf_counter() - start, 1)}
     for key in REPORTED:
@@ -255,18 +259,18 @@ def comparison_table(files: list[Path], only: list[str] | None = None) -> str:
 
 
 def run_tuned(name: str, seeds: list[int], out: Path, extra: list[str], epochs: int | None, trials: int,
-              workers: int) -> dict:
+              workers: int, resume: bool = False) -> dict:
     """The packaged recipe and the tuned one of one entry, at the same epochs and seeds."""
     from mmerkit import api
 
     model, config, sets = ENTRIES[name]
     fixed = [*sets, *extra]
-    packaged = run_entry(name, seeds, out / "packaged", extra, epochs)
+    packaged = run_entry(name, seeds, out / "packaged", extra, epochs, resume=resume)
     # what the entry fixes is not searched (e.g. late_fusion-w64's width)
     space = {item.split("=", 1)[0]: None for item in fixed if item.split(".", 1)[0] in ("model", "optim", "train")}
     start = time.perf_counter()
     res = api.tune(model, None, trials=trials, config=config, space=space, epochs=epochs,
-                   out=out / "tuned" / name, overrides=[*fixed, "train.progress=false"], workers=workers,
+                   out=out / "tuned" / name, overrides=[*fixed, *exact_epochs(epochs), "train.progress=false"], workers=workers,
                    final_seeds=seeds, seed=0)
     total = time.perf_counter() - start
     recipe = next((t for t in res.trials if t["number"] == 0), {})
@@ -281,11 +285,11 @@ def run_tuned(name: str, seeds: list[int], out: Path, extra: list[str], epochs: 
 
 
 def run_tuned_entries(names: list[str], seeds: list[int], out: Path, extra: list[str], epochs: int | None,
-                      trials: int, workers: int) -> list[dict]:
+                      trials: int, workers: int, resume: bool = False) -> list[dict]:
     """run_tuned for each entry; OUT/tuned.json is rewritten after each, so a stop keeps the rest."""
     rows = []
     for name in names:
-        rows.append(run_tuned(name, seeds, out, extra, epochs, trials, workers))
+        rows.append(run_tuned(name, seeds, out, extra, epochs, trials, workers, resume))
         out.mkdir(parents=True, exist_ok=True)
         (out / "tuned.json").write_text(json.dumps(rows, indent=2, default=str))
         print(tuned_markdown(rows[-1:]).splitlines()[-1], flush=True)
@@ -492,6 +496,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tuned", action="store_true", help="packaged recipe vs `mmer tune` at an equal budget")
     p.add_argument("--trials", type=int, default=8, help="trials per entry (--tuned)")
     p.add_argument("--workers", type=int, default=1, help="trial processes (--tuned)")
+    p.add_argument("--resume", action="store_true",
+                   help="an entry's finished seeds in OUT are read back, an interrupted one resumes (api.train resume)")
     args = p.parse_args(argv)
     if args.table:
         missing = [str(f) for f in args.table if not f.is_file()]
@@ -526,13 +532,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.tuned:
         if not args.only or "pooled_logreg" in args.only:
             p.error("--tuned: name the entries to tune with --only (pooled_logreg has nothing to tune)")
-        run_tuned_entries(args.only, args.seeds, out, args.set, args.epochs, args.trials, args.workers)
+        run_tuned_entries(args.only, args.seeds, out, args.set, args.epochs, args.trials, args.workers, args.resume)
         return
     names = args.only or [*ENTRIES, "pooled_logreg"]
     rows = []
     for name in names:
         rows.append(run_logreg(args.seeds) if name == "pooled_logreg"
-                    else run_entry(name, args.seeds, out, args.set, args.epochs))
+                    else run_entry(name, args.seeds, out, args.set, args.epochs, resume=args.resume))
         out.mkdir(parents=True, exist_ok=True)
         (out / "quality.json").write_text(json.dumps(rows, indent=2))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
