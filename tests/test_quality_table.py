@@ -102,12 +102,16 @@ def test_robustness_tiny_writes_cells_with_margins(quality, tmp_path, capsys):
 
 def test_tuned_tiny_compares_packaged_and_tuned_at_the_same_budget(quality, tmp_path):
     """`quality.py --tuned`: the packaged recipe and `mmer tune`'s best, same trials, epochs and
-    seeds, into OUT/tuned.json; the entry's fixed `--set`s stay out of the search space."""
+    seeds, into OUT/tuned.json; the entry's fixed `--set`s stay out of the search space. --epochs
+    is exact in every run (packaged, trials, final), also for an entry whose `--set`s restate a
+    step budget (late_fusion: train.min_steps=384 would be ~128 epochs of these 3 steps)."""
     tiny = [a for s in [*quality.TINY_DATA, *quality.tiny_overrides("late_fusion")] for a in ("--set", s)]
-    quality.main(["--tuned", "--only", "late_fusion-w64", "--trials", "2", "--epochs", "1", "--seeds", "1",
+    quality.main(["--tuned", "--only", "late_fusion", "--trials", "2", "--epochs", "1", "--seeds", "1",
                   "--out", str(tmp_path), *tiny])
     (row,) = json.loads((tmp_path / "tuned.json").read_text())
-    assert row["entry"] == "late_fusion-w64" and row["trials"] == 2 and row["epochs"] == 1
+    assert row["entry"] == "late_fusion" and row["trials"] == 2 and row["epochs"] == 1
     assert sum(row["states"].values()) == 2
     assert 0 <= row["packaged"]["micro_f1"]["mean"] <= 1 and 0 <= row["tuned"]["micro_f1"]["mean"] <= 1
-    assert not {"model.hidden_size", "train.epochs"} & set(row["best_params"])
+    assert not {"model.hidden_size", "train.epochs", "train.min_steps"} & set(row["best_params"])
+    histories = [p.read_text() for p in tmp_path.rglob("metrics.csv")]
+    assert len(histories) == 4 and all("\n1,valid" in h and "\n2," not in h for h in histories)  # 1 + 2 trials + 1
