@@ -253,6 +253,48 @@ def test_pruned_trial_is_recorded_and_its_run_says_so(tmp_path):
     assert res.trials[0]["state"] == "pruned"
 
 
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan's exit may wait for a reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_workers_stop_when_the_tune_process_is_killed(tmp_path):
+    """`mmer tune --workers 2` SIGKILLed (no clean-up runs): its two workers, each mid-trial, stop
+    within seconds instead of training on as orphans."""
+    store = toy_store(tmp_path / "store").path
+    out = tmp_path / "study"
+    space = tmp_path / "space.yaml"
+    space.write_text("train.batch_size: null\nmodel.hidden_size: null\nmodel.layers: null\n")
+    cmd = [sys.executable, "-m", "mmerkit", "tune", "-m", "early_fusion", "-d", str(store), "--trials", "4",
+           "--epochs", "200", "--space", str(space), "--out", str(out), "--workers", "2", "--pruner", "none",
+           *[a for s in FIXED for a in ("--set", s)]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    workers: list[int] = []
+    deadline = time.time() + 240
+    while len(workers) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        try:
+            running = _load(out).get_trials(states=(optuna.trial.TrialState.RUNNING,))
+        except Exception:  # the study is not created yet
+            continue
+        workers = [t.user_attrs["pid"] for t in running if "pid" in t.user_attrs]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 15
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # do not leave them running if the check fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "workers outlived the killed mmer tune process"
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_fails_its_trial_and_the_study_goes_on(tmp_path):
     """`mmer tune --workers 2`: one worker is SIGKILLed mid-trial; its trial becomes FAIL

@@ -405,9 +405,24 @@ class torch_threads:
         torch.set_num_threads(self.saved)
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Stop this worker once the `mmer tune` process that started it is gone (killed with SIGTERM or
+    SIGKILL, which run no clean-up), instead of training on as an orphan that nobody watches; its
+    running trial is then failed by Optuna's heartbeat, as a killed worker's is."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mmer-tune-parent-watch", daemon=True).start()
+
+
 def _worker_main(study: StudySettings, space: list[Param], configure: Configure, data: str | None,
-                 budget: Budget, worker: int, deadline: float | None, threads: int, log: str) -> None:
+                 budget: Budget, worker: int, deadline: float | None, threads: int, log: str, parent: int) -> None:
     """A worker process: its share of the cores, its output in STUDY_DIR/logs/worker_K.log."""
+    _exit_with_parent(parent)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -444,7 +459,7 @@ def run_workers(study: StudySettings, space: list[Param], configure: Configure, 
     try:
         procs = [ctx.Process(target=_worker_main, name=f"mmer-tune-{i}",
                              args=(study, space, configure, data, budget, i, deadline, threads,
-                                   str(logs / f"worker_{i}.log")))
+                                   str(logs / f"worker_{i}.log"), os.getpid()))
                  for i in range(k)]
         for p in procs:
             p.start()
