@@ -131,6 +131,10 @@ ROBUSTNESS = ["carat", "ramer", "tailor", "amp", "univa", "lddu", "early_fusion"
 MOSEI_LIKE = ["data.synthetic.profile=mosei-like", "data.synthetic.samples=1600",
               "data.synthetic.split=[0.625,0.125,0.25]"]
 ROBUSTNESS_DATA: dict[str, list[str]] = {"embedded": [], "mosei-like": MOSEI_LIKE, "iemocap": []}
+# ... and what one model needs on one data set: UniVA's valence-arousal table has no point for the
+# AVEC labels (high arousal, positive valence), so they get the obvious ones on its [0, 1] scale
+ROBUSTNESS_MODEL_DATA: dict[tuple[str, str], list[str]] = {
+    ("iemocap", "univa"): ["model.va_table={arousal: [0.5, 1.0], valence: [1.0, 0.5]}"]}
 AVEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "avec_iemocap_dimensional"
 
 
@@ -424,7 +428,7 @@ def run_robustness(out: Path, names: list[str], datasets: list[str], seeds: list
             continue
         data = avec_store(out) if dataset == "iemocap" else None
         for name in names:
-            sets = [*ROBUSTNESS_DATA[dataset], *extra]
+            sets = [*ROBUSTNESS_DATA[dataset], *ROBUSTNESS_MODEL_DATA.get((dataset, ENTRIES[name][0]), []), *extra]
             if tiny:
                 sets += [*(TINY_DATA if data is None else TINY_DATA[2:]), *tiny_overrides(ENTRIES[name][0])]
             row = run_entry(name, seeds, out / dataset, sets, 1 if tiny else epochs, data=data)

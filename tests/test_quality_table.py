@@ -68,6 +68,12 @@ def test_robustness_covers_every_neural_model(quality):
     neural = {n for n in list_models() if not model_class(n).closed_form}
     covered = {quality.ENTRIES[e][0] for e in quality.ROBUSTNESS}
     assert neural <= covered, f"add to ROBUSTNESS: {sorted(neural - covered)}"
+    # a model's own sets for one data set name a real data set and model, and are valid config
+    from mmerkit import api
+
+    for (data, model), sets in quality.ROBUSTNESS_MODEL_DATA.items():
+        assert data in quality.ROBUSTNESS_DATA and model in covered
+        api.build_config(model, None, None, sets)
 
 
 def test_robustness_tiny_writes_cells_with_margins(quality, tmp_path, capsys):
