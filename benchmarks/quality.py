@@ -418,7 +418,7 @@ def robustness_cell(row: dict) -> dict:
 
 
 def run_robustness(out: Path, names: list[str], datasets: list[str], seeds: list[int], epochs: int | None,
-                   tiny: bool, extra: list[str]) -> list[dict]:
+                   tiny: bool, extra: list[str], resume: bool = False) -> list[dict]:
     """Every entry x data set; OUT/robustness.json is rewritten after each cell."""
     out.mkdir(parents=True, exist_ok=True)
     cells = []
@@ -431,7 +431,7 @@ def run_robustness(out: Path, names: list[str], datasets: list[str], seeds: list
             sets = [*ROBUSTNESS_DATA[dataset], *ROBUSTNESS_MODEL_DATA.get((dataset, ENTRIES[name][0]), []), *extra]
             if tiny:
                 sets += [*(TINY_DATA if data is None else TINY_DATA[2:]), *tiny_overrides(ENTRIES[name][0])]
-            row = run_entry(name, seeds, out / dataset, sets, 1 if tiny else epochs, data=data)
+            row = run_entry(name, seeds, out / dataset, sets, 1 if tiny else epochs, data=data, resume=resume)
             cells.append({"data": dataset, **robustness_cell(row)})
             (out / "robustness.json").write_text(json.dumps(cells, indent=2))
             print(robustness_markdown(cells[-1:]).splitlines()[-1], flush=True)
@@ -524,7 +524,8 @@ def main(argv: list[str] | None = None) -> None:
         if bad:
             p.error(f"--robustness --only: {bad[0]} is not one of ROBUSTNESS ({', '.join(ROBUSTNESS)})")
         cells = run_robustness(args.out, args.only or ROBUSTNESS, args.profiles or list(ROBUSTNESS_DATA),
-                               args.seeds[:1] if args.tiny else args.seeds, args.epochs, args.tiny, args.set)
+                               args.seeds[:1] if args.tiny else args.seeds, args.epochs, args.tiny, args.set,
+                               args.resume)
         print(robustness_markdown(cells))
         print(robustness_grid(cells))
         return

@@ -94,6 +94,12 @@ def test_robustness_tiny_writes_cells_with_margins(quality, tmp_path, capsys):
     assert cells[0]["constant_micro_f1"] != cells[1]["constant_micro_f1"]
     table = quality.robustness_markdown(cells).splitlines()
     assert len(table) == 2 + len(cells) and table[3].startswith("| mosei-like | late_fusion |")
+    # --resume reads the finished runs back: the same cells, no new run directory
+    runs = sorted(p.parent for p in tmp_path.rglob("metrics.csv"))
+    quality.main(["--robustness", "--tiny", "--only", "late_fusion", "--out", str(tmp_path), "--resume"])
+    assert sorted(p.parent for p in tmp_path.rglob("metrics.csv")) == runs
+    again = json.loads((tmp_path / "robustness.json").read_text())
+    assert [c["micro_f1"] for c in again] == [c["micro_f1"] for c in cells]
     # --table reads the saved cells back as one grid: a row per entry, a column per data set,
     # a later file's cell replacing an earlier one's
     later = [{**cells[1], "micro_f1": {"mean": 0.999, "std": 0.0}}]
