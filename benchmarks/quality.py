@@ -244,11 +244,7 @@ def row_summary(row: dict) -> dict:
 def comparison_table(files: list[Path], only: list[str] | None = None) -> str:
     """The README's comparison table from saved quality.json files (later files win), limited
     to the entries `only` when given."""
-    rows: dict[str, dict] = {}
-    for file in files:
-        for row in json.loads(file.read_text()):
-            if not only or row["entry"] in only:
-                rows[row["entry"]] = row
+    rows = {name: row for name, row in merge_saved(files, lambda r: r["entry"]).items() if not only or name in only}
     labels = sorted({k for r in rows.values() for k in row_summary(r) if k.startswith("f1/")})
     head = ["entry", "micro-F1", "Acc", "macro-F1", "HL", *[k[3:] for k in labels], "seeds", "constant seeds"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -471,13 +467,14 @@ def robustness_grid(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def read_cells(files: list[Path]) -> list[dict]:
-    """robustness.json files merged: a later file's (data, entry) cell replaces an earlier one."""
-    merged: dict[tuple[str, str], dict] = {}
-    for f in files:
-        for c in json.loads(f.read_text()):
-            merged[(c["data"], c["entry"])] = c
-    return list(merged.values())
+def merge_saved(files: list[Path], key) -> dict:
+    """The rows of saved JSON lists (quality.json, robustness.json) by `key(row)`, a later file's
+    row replacing an earlier one's."""
+    merged = {}
+    for file in files:
+        for row in json.loads(file.read_text()):
+            merged[key(row)] = row
+    return merged
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -508,7 +505,11 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             p.error(f"--table: no such file {missing[0]} (pass quality.json files written by this script)")
         if args.robustness:
-            print(robustness_grid(read_cells(args.table)))
+            wrong = [str(f) for f in args.table if any("data" not in c for c in json.loads(f.read_text()))]
+            if wrong:
+                p.error(f"--robustness --table: {wrong[0]} has no robustness cells (pass robustness.json files; "
+                        "quality.json files go to --table without --robustness)")
+            print(robustness_grid(list(merge_saved(args.table, lambda c: (c["data"], c["entry"])).values())))
         else:
             print(comparison_table(args.table, args.only))
         return
