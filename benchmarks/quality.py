@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -154,8 +155,14 @@ def run_entry(name: str, seeds: list[int], out: Path, extra: list[str], epochs: 
 
     model, config, sets = ENTRIES[name]
     start = time.perf_counter()
-    results = api.train(model, data, out=out / name, seeds=seeds, config=config, epochs=epochs, resume=resume,
-                        overrides=[*sets, *extra, *exact_epochs(epochs), "train.progress=false"])
+    overrides = [*sets, *extra, *exact_epochs(epochs), "train.progress=false"]
+    if resume:  # seed by seed: one that never started (or left no checkpoint) starts afresh
+        results = [api.train(model, data, out=out / name, seeds=[seed], config=config, epochs=epochs,
+                             overrides=overrides, resume=has_checkpoint(out / name, model, seed))[0]
+                   for seed in seeds]
+    else:
+        results = api.train(model, data, out=out / name, seeds=seeds, config=config, epochs=epochs,
+                            overrides=overrides)
     row = {"entry": name, "model": model, "config": config, "overrides": [*sets, *extra], "seeds": seeds,
            "seconds": round(time.perf_counter() - start, 1)}
     for key in REPORTED:
@@ -168,6 +175,15 @@ def run_entry(name: str, seeds: list[int], out: Path, extra: list[str], epochs: 
                else best_constant_micro_f1(api.FeatureStore(data).split("test").labels))
     row["per_seed"] = [per_seed(seed, r, labels, trivial) for seed, r in zip(seeds, results, strict=True)]
     return row
+
+
+def has_checkpoint(out: Path, model: str, seed: int) -> bool:
+    """Whether OUT holds a run of this model and seed that api.train(resume=True) can take up:
+    finished (read back) or with a last.ckpt (resumed)."""
+    from mmerkit.run import Run
+
+    runs = [Run(p) for p in out.glob(f"{model}_*_seed{seed}*") if re.fullmatch(rf".+_seed{seed}(_\d+)?", p.name)]
+    return any(r.finished or r.resumable for r in runs)
 
 
 def best_constant_micro_f1(labels) -> float:

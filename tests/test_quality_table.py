@@ -100,6 +100,11 @@ def test_robustness_tiny_writes_cells_with_margins(quality, tmp_path, capsys):
     assert sorted(p.parent for p in tmp_path.rglob("metrics.csv")) == runs
     again = json.loads((tmp_path / "robustness.json").read_text())
     assert [c["micro_f1"] for c in again] == [c["micro_f1"] for c in cells]
+    # ... and a seed that never started under --resume is trained, not refused
+    fresh = tmp_path / "fresh"
+    quality.main(["--robustness", "--tiny", "--only", "late_fusion", "--profiles", "embedded", "--out", str(fresh),
+                  "--resume"])
+    assert json.loads((fresh / "robustness.json").read_text())[0]["micro_f1"] == cells[0]["micro_f1"]
     # --table reads the saved cells back as one grid: a row per entry, a column per data set,
     # a later file's cell replacing an earlier one's
     later = [{**cells[1], "micro_f1": {"mean": 0.999, "std": 0.0}}]
