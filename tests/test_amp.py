@@ -125,9 +125,10 @@ def test_architecture_details_of_the_release():
     assert torch.allclose(drop(make_batch()).probs, torch.full((5, 3), 0.5))
 
 
-def test_every_matrix_is_xavier_uniform():
+def test_the_releases_init_is_xavier_uniform_for_every_matrix():
     torch.manual_seed(0)
-    model = create_model("amp", SPEC, {**AMP.test_params, "hidden_size": 64, "intermediate_size": 128})
+    model = create_model("amp", SPEC, {**AMP.test_params, "hidden_size": 64, "intermediate_size": 128},
+                         preset="amp-authors")
     for name, p in model.named_parameters():
         if p.dim() > 1:
             fan_out, fan_in = p.shape[0], p[0].numel()
@@ -135,6 +136,17 @@ def test_every_matrix_is_xavier_uniform():
             assert p.abs().max() <= bound + 1e-6, name
             assert p.abs().max() > 0.8 * bound, name  # uniform over the whole range, not N(0, .02)
     assert model.queries.abs().max() > 0.2  # the queries too (fan 3 + 64: bound 0.30)
+
+
+def test_mmerkits_recipe_initialises_like_bert():
+    """`init: bert` (configs/models/amp.yaml): Linear weights and the queries N(0, 0.02), biases 0."""
+    torch.manual_seed(0)
+    model = create_model("amp", SPEC, {**AMP.test_params, "hidden_size": 64, "intermediate_size": 128})
+    assert model.config.init == "bert"
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and m.weight.numel() >= 64:
+            assert 0.015 < m.weight.std() < 0.025 and not m.bias.any(), name
+    assert 0.015 < model.queries.std() < 0.025
 
 
 def test_former_config_names_still_load():
