@@ -552,6 +552,38 @@ def test_a_diverging_loss_is_one_line_and_keeps_the_run_resumable(tmp_path, caps
     assert (run / "last.ckpt").exists() and not (run / "test_metrics.json").exists()
 
 
+def test_an_overflowing_gradient_is_one_line_too(tmp_path, capsys, monkeypatch):
+    """A finite loss whose gradient overflows (AMP's masked branch once did this on one-step
+    features): the same one line, not torch's clip_grad_norm_ traceback."""
+    import torch
+
+    from mmerkit.models.base import model_class
+
+    class Overflow(torch.autograd.Function):  # identity forward, infinite gradient
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * float("inf")
+
+    cls = model_class("early_fusion")
+    real = cls.loss
+
+    def loss(self, out, batch):
+        terms = real(self, out, batch)
+        terms["total"] = Overflow.apply(terms["total"])
+        return terms
+
+    monkeypatch.setattr(cls, "loss", loss)
+    store = toy_store(tmp_path / "store").path
+    err = mmer_fails(capsys, "train", "-m", "early_fusion", "-d", str(store), "--out", str(tmp_path / "runs"),
+                     "--epochs", "1", "--accelerator", "cpu", "--set", "train.batch_size=16",
+                     *[f"--set={o}" for o in TINY])
+    assert_mentions(err, r"non-finite gradient norm at epoch 1, batch 0", "lower optim.lr")
+
+
 def test_unknown_modality_in_config_and_bad_max_len(tmp_path, capsys):
     store = toy_store(tmp_path / "store").path
     before = snapshot(tmp_path)

@@ -49,6 +49,9 @@ from mmerkit.predict import collect_rows, forward_batches
 from mmerkit.progress import ProgressBar
 from mmerkit.run import Run, RunResult, environment
 
+# the fix a diverged step names (a non-finite loss or gradient norm)
+DIVERGED_FIX = "lower optim.lr or check the data for extreme values (`mmer data inspect`)"
+
 # ----------------------------------------------------------------------------- devices
 
 def build_fabric(t: TrainConfig, launch: bool = True) -> Fabric:
@@ -504,12 +507,17 @@ class Engine:
                 if not all_finite(losses):
                     bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
                     raise TrainingDiverged(f"non-finite loss terms {bad} at epoch {state.epoch + 1}, batch {i}; "
-                                             "lower optim.lr or check the data for extreme values "
-                                             "(`mmer data inspect`)")
+                                           f"{DIVERGED_FIX}")
                 self.fabric.backward(losses["total"] / accumulate)
             if last_micro:
                 if self.cfg.optim.grad_clip:
-                    self.fabric.clip_gradients(fmodel, optimizer, max_norm=self.cfg.optim.grad_clip)
+                    norm = self.fabric.clip_gradients(fmodel, optimizer, max_norm=self.cfg.optim.grad_clip,
+                                                      error_if_nonfinite=False)
+                    # finite loss, overflowing gradients (torch's own error is a traceback); under
+                    # fp16 mixed precision an overflow is the GradScaler's to handle: it skips the step
+                    if not torch.isfinite(norm) and not self.cfg.train.precision.startswith("16"):
+                        raise TrainingDiverged(f"non-finite gradient norm at epoch {state.epoch + 1}, batch {i}; "
+                                               f"{DIVERGED_FIX}")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
