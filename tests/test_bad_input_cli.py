@@ -528,8 +528,9 @@ def test_rerun_of_ablate_says_it_reuses_runs(tmp_path, capsys):
                     r"no-cl: reusing finished run\(s\)")
 
 
-def test_a_diverging_loss_is_one_line_and_keeps_the_run_resumable(tmp_path, capsys, monkeypatch):
-    """A NaN loss (too high a learning rate) in epoch 2: one line naming epoch, batch and the fix."""
+def train_early_fusion_with_loss(tmp_path, capsys, monkeypatch, change_total, epochs: int) -> str:
+    """`mmer train -m early_fusion` on a toy store with `change_total(total, call)` applied to each
+    step's loss (call counts from 1); returns the error line of the failed run."""
     from mmerkit.models.base import model_class
 
     cls = model_class("early_fusion")
@@ -538,15 +539,21 @@ def test_a_diverging_loss_is_one_line_and_keeps_the_run_resumable(tmp_path, caps
     def loss(self, out, batch):
         terms = real(self, out, batch)
         calls.append(1)
-        if len(calls) == 7:  # the probe, 4 batches of epoch 1, then batch 1 of epoch 2
-            terms["total"] = terms["total"] * float("nan")
+        terms["total"] = change_total(terms["total"], len(calls))
         return terms
 
     monkeypatch.setattr(cls, "loss", loss)
     store = toy_store(tmp_path / "store").path
-    err = mmer_fails(capsys, "train", "-m", "early_fusion", "-d", str(store), "--out", str(tmp_path / "runs"),
-                     "--epochs", "2", "--accelerator", "cpu", "--set", "train.batch_size=16",
-                     *[f"--set={o}" for o in TINY])
+    return mmer_fails(capsys, "train", "-m", "early_fusion", "-d", str(store), "--out", str(tmp_path / "runs"),
+                      "--epochs", str(epochs), "--accelerator", "cpu", "--set", "train.batch_size=16",
+                      *[f"--set={o}" for o in TINY])
+
+
+def test_a_diverging_loss_is_one_line_and_keeps_the_run_resumable(tmp_path, capsys, monkeypatch):
+    """A NaN loss (too high a learning rate) in epoch 2: one line naming epoch, batch and the fix."""
+    # the 7th call: the probe, 4 batches of epoch 1, then batch 1 of epoch 2
+    err = train_early_fusion_with_loss(tmp_path, capsys, monkeypatch,
+                                       lambda total, call: total * float("nan") if call == 7 else total, epochs=2)
     assert_mentions(err, r"non-finite loss terms \['total'\] at epoch 2, batch 1", "lower optim.lr")
     [run] = (tmp_path / "runs").iterdir()
     assert (run / "last.ckpt").exists() and not (run / "test_metrics.json").exists()
@@ -557,8 +564,6 @@ def test_an_overflowing_gradient_is_one_line_too(tmp_path, capsys, monkeypatch):
     features): the same one line, not torch's clip_grad_norm_ traceback."""
     import torch
 
-    from mmerkit.models.base import model_class
-
     class Overflow(torch.autograd.Function):  # identity forward, infinite gradient
         @staticmethod
         def forward(ctx, x):
@@ -568,19 +573,8 @@ def test_an_overflowing_gradient_is_one_line_too(tmp_path, capsys, monkeypatch):
         def backward(ctx, grad):
             return grad * float("inf")
 
-    cls = model_class("early_fusion")
-    real = cls.loss
-
-    def loss(self, out, batch):
-        terms = real(self, out, batch)
-        terms["total"] = Overflow.apply(terms["total"])
-        return terms
-
-    monkeypatch.setattr(cls, "loss", loss)
-    store = toy_store(tmp_path / "store").path
-    err = mmer_fails(capsys, "train", "-m", "early_fusion", "-d", str(store), "--out", str(tmp_path / "runs"),
-                     "--epochs", "1", "--accelerator", "cpu", "--set", "train.batch_size=16",
-                     *[f"--set={o}" for o in TINY])
+    err = train_early_fusion_with_loss(tmp_path, capsys, monkeypatch, lambda total, call: Overflow.apply(total),
+                                       epochs=1)
     assert_mentions(err, r"non-finite gradient norm at epoch 1, batch 0", "lower optim.lr")
 
 
