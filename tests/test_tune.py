@@ -337,6 +337,57 @@ def test_sigkilled_worker_fails_its_trial_and_the_study_goes_on(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_worker_slow_to_start_still_gets_its_share(tmp_path, monkeypatch):
+    """A spawned worker imports torch before its first trial (seconds on a busy machine) and a toy
+    trial takes a fraction of one: without a start line the first worker up took every trial (a CI
+    run saw one pid in a 2-worker study). Here worker 1 is held 5 s when it opens its log (before
+    it imports torch); worker 0 must wait for it, so both train."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    (hold / "sitecustomize.py").write_text(
+        "import os, sys, time\n"
+        "def hold_worker_1(event, args):\n"
+        "    if event == 'open' and str(args[0]).endswith('worker_1.log'):\n"
+        "        os.close(os.open(os.path.join(os.path.dirname(__file__), 'taken'), os.O_CREAT))\n"
+        "        time.sleep(5)\n"
+        "if '--multiprocessing-fork' in sys.argv:  # a spawned worker\n"
+        "    sys.addaudithook(hold_worker_1)\n")
+    monkeypatch.setenv("PYTHONPATH", str(hold) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    store = toy_store(tmp_path / "store").path
+    space = {"train.batch_size": None, "model.hidden_size": None, "model.layers": None}
+    api.tune("early_fusion", store, trials=3, config=None, space=space, epochs=2, out=tmp_path / "study",
+             overrides=FIXED, workers=2, pruner="none", quiet=True)
+    assert (hold / "taken").exists()  # one worker was held
+    trials = _load(tmp_path / "study").get_trials()
+    assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["pid"] for t in trials}) == 2
+
+
+def test_a_study_where_no_trial_completes_exits_1(tmp_path):
+    """Every worker dies before its first trial (here each spawned process exits at start-up): the
+    command says so on stderr and exits 1, so a script or a cluster job does not read it as a study
+    with a result (it exited 0 with a note)."""
+    die = tmp_path / "die"
+    die.mkdir()
+    (die / "sitecustomize.py").write_text("import os, sys\n"
+                                          "if '--multiprocessing-fork' in sys.argv:\n"
+                                          "    os._exit(3)\n")
+    store = toy_store(tmp_path / "store").path
+    space = tmp_path / "space.yaml"
+    space.write_text("train.batch_size: null\nmodel.hidden_size: null\nmodel.layers: null\n")
+    env = {**_env(), "PYTHONPATH": str(die) + os.pathsep + _env()["PYTHONPATH"]}
+    r = subprocess.run([sys.executable, "-m", "mmerkit", "tune", "-m", "early_fusion", "-d", str(store),
+                        "--trials", "2", "--epochs", "1", "--space", str(space), "--out", str(tmp_path / "study"),
+                        "--workers", "2", "--heartbeat", "1", *[a for s in FIXED for a in ("--set", s)]],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "worker 0 (exit code 3" in r.stdout  # the parent names the dead workers
+    error = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "no trial of study 'early_fusion' completed" in error[0], r.stderr
+    assert str(tmp_path / "study" / "logs") in error[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
 def test_postgresql_study_with_two_workers_on_a_real_server(tmp_path):
     """A throw-away PostgreSQL cluster (pg_virtualenv, from Debian's postgresql-common; `make
     test` installs it as root): `mmer tune --storage postgresql://...` with 2 worker processes,

@@ -221,9 +221,13 @@ def tune(model: str | None = typer.Option(None, "-m", "--model", help="model nam
                        out=out, storage=storage, study_name=study_name, workers=workers, pruner=pruner,
                        timeout=timeout, seed=seed, final_seeds=final_seeds or (), overrides=set_ or [],
                        heartbeat=heartbeat)
-    if res.best_trial is None:
-        console.print(f"no trial of study {res.study_name!r} completed; see {res.trials_csv}", highlight=False)
-        return
+    if res.best_trial is None:  # nothing to use: a script must not read this as success
+        logs = res.study_dir / "logs"
+        where = f"{res.trials_csv} (each trial's state and note)" + (f" and the worker logs in {logs}"
+                                                                      if logs.is_dir() else "")
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] no trial of study {res.study_name!r} "
+                                                   f"completed: see {escape(where)}")
+        raise typer.Exit(1)
     console.print(f"best trial {res.best_trial}: validation {metric} {res.best_value:.4f}", highlight=False)
     for key, value in res.best_params.items():
         console.print(f"  {key} = {value}", highlight=False)

@@ -331,11 +331,12 @@ class Budget:
 
 
 def work(study: StudySettings, space: list[Param], configure: Configure, data: str | None, budget: Budget,
-         worker: int, deadline: float | None, on_start=None, on_end=None, storage=None) -> None:
+         worker: int, deadline: float | None, on_start=None, on_end=None, storage=None, ready=None) -> None:
     """Take trials from the budget until it is spent, the storage holds N trials (other
     machines count too) or the deadline has passed; each trial through study.optimize, so
     Optuna's heartbeat runs and stale trials of dead workers are failed. `storage`: one already
-    open in this process (opening checks the schema: a fixed cost of each `mmer tune`)."""
+    open in this process (opening checks the schema: a fixed cost of each `mmer tune`). `ready`:
+    the start line of this machine's workers (see _wait_for_the_other_workers)."""
     import optuna
 
     from mmerkit.errors import TrainingDiverged
@@ -345,6 +346,8 @@ def work(study: StudySettings, space: list[Param], configure: Configure, data: s
                           sampler=make_sampler(study, worker), pruner=make_pruner(study))
     objective = Objective(study, space, configure, data, on_start)
     callbacks = [lambda st, t: on_end(st, t)] if on_end else []
+    if ready is not None:
+        _wait_for_the_other_workers(ready)
     if worker > 0:
         _let_worker_0_take_the_enqueued_trials(s)
     while deadline is None or time.time() < deadline:
@@ -355,16 +358,33 @@ def work(study: StudySettings, space: list[Param], configure: Configure, data: s
                    callbacks=callbacks, gc_after_trial=True)
 
 
-def _let_worker_0_take_the_enqueued_trials(s, timeout: float = 120.0) -> None:
+START_TIMEOUT = 120.0  # seconds a worker waits for the others to start (or for worker 0 to pop the enqueued trials)
+
+
+def _wait_for_the_other_workers(ready) -> None:
+    """Spawned workers take seconds to import torch, more on a busy machine, while a small trial
+    can take a fraction of one: the first worker up would take the whole budget before the others
+    arrive. So every worker opens its storage, then waits here until all have (or until
+    START_TIMEOUT, should one fail to start: the rest go on without it)."""
+    import threading
+
+    try:
+        ready.wait(START_TIMEOUT)
+    except threading.BrokenBarrierError:
+        pass
+
+
+def _let_worker_0_take_the_enqueued_trials(s, timeout: float = START_TIMEOUT) -> None:
     """SQLite has no row locks, so two workers asking at once can both pop the same enqueued
     (WAITING) trial, the packaged recipe: it is trained twice and the second tell fails. The
-    other workers start once no trial waits (or after `timeout`, should worker 0 be gone)."""
+    other workers start once no trial waits (or after `timeout`, should worker 0 be gone); the
+    short poll lets them start while worker 0's first trial runs, however short it is."""
     import optuna
 
     waiting = (optuna.trial.TrialState.WAITING,)
     end = time.time() + timeout
     while s.get_trials(deepcopy=False, states=waiting) and time.time() < end:
-        time.sleep(0.2)
+        time.sleep(0.02)
 
 
 def usable_cores() -> int:
@@ -420,7 +440,8 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _worker_main(study: StudySettings, space: list[Param], configure: Configure, data: str | None,
-                 budget: Budget, worker: int, deadline: float | None, threads: int, log: str, parent: int) -> None:
+                 budget: Budget, worker: int, deadline: float | None, threads: int, log: str, parent: int,
+                 ready) -> None:
     """A worker process: its share of the cores, its output in STUDY_DIR/logs/worker_K.log."""
     _exit_with_parent(parent)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -434,7 +455,7 @@ def _worker_main(study: StudySettings, space: list[Param], configure: Configure,
 
     torch.set_num_threads(threads)
     try:
-        work(study, space, configure, data, budget, worker, deadline)
+        work(study, space, configure, data, budget, worker, deadline, ready=ready)
     except KeyboardInterrupt:
         pass
 
@@ -450,6 +471,7 @@ def run_workers(study: StudySettings, space: list[Param], configure: Configure, 
     ctx = multiprocessing.get_context("spawn")
     budget = Budget(left, ctx)
     k = min(study.workers, left)
+    ready = ctx.Barrier(k)
     threads = threads_per_worker(k)
     deadline = time.time() + study.timeout if study.timeout else None
     logs = study.study_dir / "logs"
@@ -459,7 +481,7 @@ def run_workers(study: StudySettings, space: list[Param], configure: Configure, 
     try:
         procs = [ctx.Process(target=_worker_main, name=f"mmer-tune-{i}",
                              args=(study, space, configure, data, budget, i, deadline, threads,
-                                   str(logs / f"worker_{i}.log"), os.getpid()))
+                                   str(logs / f"worker_{i}.log"), os.getpid(), ready))
                  for i in range(k)]
         for p in procs:
             p.start()
