@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import QUIET, TINY, toy_store
+from helpers import QUIET, TINY, mmer_fails, run_cli, toy_store
 
 from mmerkit import api
 from mmerkit.errors import ConfigError
@@ -90,18 +90,14 @@ def test_bad_space_is_one_line_naming_the_key(space, message):
     assert f"space.yaml: {next(iter(space))}" in text or "space.yaml: key" in text or "space.yaml: unknown" in text
 
 
-def test_bad_space_file_and_options_exit_2_with_one_line(tmp_path):
+def test_bad_space_file_and_options_exit_2_with_one_line(tmp_path, capsys):
     bad = tmp_path / "space.yaml"
     bad.write_text("model.dropuot: {type: float, low: 0.0, high: 0.5}\n")
     for args, message in ((["--space", str(bad)], "Did you mean 'dropout'?"),
                           (["--pruner", "medain"], "Did you mean 'median'?"),
                           (["--metric", "micro_f2"], "Did you mean 'micro_f1'?"),
                           (["--set", "optim.lr=1e-3"], "fixes a key the search space varies")):
-        r = subprocess.run([sys.executable, "-m", "mmerkit", "tune", "-m", "early_fusion", "--out",
-                            str(tmp_path / "s"), *args], capture_output=True, text=True, env=_env())
-        assert r.returncode == 2, r.stderr
-        assert message in r.stderr and "Traceback" not in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1
+        assert message in mmer_fails(capsys, "tune", "-m", "early_fusion", "--out", str(tmp_path / "s"), *args)
     assert not (tmp_path / "s").exists()  # nothing half-written
 
 
@@ -363,7 +359,7 @@ def test_a_worker_slow_to_start_still_gets_its_share(tmp_path, monkeypatch):
     assert len({t.user_attrs["pid"] for t in trials}) == 2
 
 
-def test_a_study_where_no_trial_completes_exits_1(tmp_path):
+def test_a_study_where_no_trial_completes_exits_1(tmp_path, monkeypatch, capsys):
     """Every worker dies before its first trial (here each spawned process exits at start-up): the
     command says so on stderr and exits 1, so a script or a cluster job does not read it as a study
     with a result (it exited 0 with a note)."""
@@ -375,16 +371,15 @@ def test_a_study_where_no_trial_completes_exits_1(tmp_path):
     store = toy_store(tmp_path / "store").path
     space = tmp_path / "space.yaml"
     space.write_text("train.batch_size: null\nmodel.hidden_size: null\nmodel.layers: null\n")
-    env = {**_env(), "PYTHONPATH": str(die) + os.pathsep + _env()["PYTHONPATH"]}
-    r = subprocess.run([sys.executable, "-m", "mmerkit", "tune", "-m", "early_fusion", "-d", str(store),
-                        "--trials", "2", "--epochs", "1", "--space", str(space), "--out", str(tmp_path / "study"),
-                        "--workers", "2", "--heartbeat", "1", *[a for s in FIXED for a in ("--set", s)]],
-                       capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "worker 0 (exit code 3" in r.stdout  # the parent names the dead workers
-    error = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "no trial of study 'early_fusion' completed" in error[0], r.stderr
-    assert str(tmp_path / "study" / "logs") in error[0] and "Traceback" not in r.stderr
+    monkeypatch.setenv("PYTHONPATH", str(die) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code, out, err = run_cli(capsys, "tune", "-m", "early_fusion", "-d", str(store), "--trials", "2", "--epochs", "1",
+                             "--space", str(space), "--out", str(tmp_path / "study"), "--workers", "2",
+                             "--heartbeat", "1", *[a for s in FIXED for a in ("--set", s)])
+    assert code == 1, out + err
+    assert "worker 0 (exit code 3" in out  # the parent names the dead workers
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "no trial of study 'early_fusion' completed" in error[0], err
+    assert str(tmp_path / "study" / "logs") in error[0] and "Traceback" not in err
 
 
 @pytest.mark.slow
