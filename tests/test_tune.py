@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -38,6 +39,26 @@ def _env() -> dict[str, str]:
 
 def _load(study_dir: Path, name: str = "early_fusion"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{(study_dir / 'study.db').resolve()}")
+
+
+def _toy_width_space_file(tmp_path: Path) -> Path:
+    """A --space file that keeps the toy store's batch size and width fixed (FIXED sets them):
+    the search varies the optimiser and dropout only."""
+    path = tmp_path / "space.yaml"
+    path.write_text("train.batch_size: null\nmodel.hidden_size: null\nmodel.layers: null\n")
+    return path
+
+
+def _at_worker_start(tmp_path: Path, monkeypatch, code: str) -> Path:
+    """Run `code` in each spawned worker process before anything else (a sitecustomize.py on the
+    workers' PYTHONPATH; `os`, `sys`, `time` and `here`, its folder, are at hand). Returns the folder."""
+    here = tmp_path / "site"
+    here.mkdir()
+    (here / "sitecustomize.py").write_text("import os, sys, time\nhere = os.path.dirname(__file__)\n"
+                                           "if '--multiprocessing-fork' in sys.argv:  # a spawned worker\n"
+                                           + textwrap.indent(code, "    "))
+    monkeypatch.setenv("PYTHONPATH", str(here) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return here
 
 
 # ----------------------------------------------------------------------------- spaces
@@ -264,8 +285,7 @@ def test_workers_stop_when_the_tune_process_is_killed(tmp_path):
     within seconds instead of training on as orphans."""
     store = toy_store(tmp_path / "store").path
     out = tmp_path / "study"
-    space = tmp_path / "space.yaml"
-    space.write_text("train.batch_size: null\nmodel.hidden_size: null\nmodel.layers: null\n")
+    space = _toy_width_space_file(tmp_path)
     cmd = [sys.executable, "-m", "mmerkit", "tune", "-m", "early_fusion", "-d", str(store), "--trials", "4",
            "--epochs", "200", "--space", str(space), "--out", str(out), "--workers", "2", "--pruner", "none",
            *[a for s in FIXED for a in ("--set", s)]]
@@ -297,8 +317,7 @@ def test_sigkilled_worker_fails_its_trial_and_the_study_goes_on(tmp_path):
     (Optuna's heartbeat), its run directory says failed, the other worker runs the rest: 4
     trials in total, 3 complete."""
     store = toy_store(tmp_path / "store").path
-    space = tmp_path / "space.yaml"
-    space.write_text("train.batch_size: null\nmodel.hidden_size: null\nmodel.layers: null\n")
+    space = _toy_width_space_file(tmp_path)
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "mmerkit", "tune", "-m", "early_fusion", "-d", str(store), "--trials", "4",
            "--epochs", "40", "--space", str(space), "--out", str(out), "--workers", "2", "--pruner", "none",
@@ -338,21 +357,14 @@ def test_a_worker_slow_to_start_still_gets_its_share(tmp_path, monkeypatch):
     trial takes a fraction of one: without a start line the first worker up took every trial (a CI
     run saw one pid in a 2-worker study). Here worker 1 is held 5 s when it opens its log (before
     it imports torch); worker 0 must wait for it, so both train."""
-    hold = tmp_path / "hold"
-    hold.mkdir()
-    (hold / "sitecustomize.py").write_text(
-        "import os, sys, time\n"
-        "def hold_worker_1(event, args):\n"
-        "    if event == 'open' and str(args[0]).endswith('worker_1.log'):\n"
-        "        os.close(os.open(os.path.join(os.path.dirname(__file__), 'taken'), os.O_CREAT))\n"
-        "        time.sleep(5)\n"
-        "if '--multiprocessing-fork' in sys.argv:  # a spawned worker\n"
-        "    sys.addaudithook(hold_worker_1)\n")
-    monkeypatch.setenv("PYTHONPATH", str(hold) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    hold = _at_worker_start(tmp_path, monkeypatch, "def hold_worker_1(event, args):\n"
+                                                   "    if event == 'open' and str(args[0]).endswith('worker_1.log'):\n"
+                                                   "        os.close(os.open(os.path.join(here, 'taken'), os.O_CREAT))\n"
+                                                   "        time.sleep(5)\n"
+                                                   "sys.addaudithook(hold_worker_1)\n")
     store = toy_store(tmp_path / "store").path
-    space = {"train.batch_size": None, "model.hidden_size": None, "model.layers": None}
-    api.tune("early_fusion", store, trials=3, config=None, space=space, epochs=2, out=tmp_path / "study",
-             overrides=FIXED, workers=2, pruner="none", quiet=True)
+    api.tune("early_fusion", store, trials=3, config=None, space=_toy_width_space_file(tmp_path), epochs=2,
+             out=tmp_path / "study", overrides=FIXED, workers=2, pruner="none", quiet=True)
     assert (hold / "taken").exists()  # one worker was held
     trials = _load(tmp_path / "study").get_trials()
     assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)
@@ -363,15 +375,9 @@ def test_a_study_where_no_trial_completes_exits_1(tmp_path, monkeypatch, capsys)
     """Every worker dies before its first trial (here each spawned process exits at start-up): the
     command says so on stderr and exits 1, so a script or a cluster job does not read it as a study
     with a result (it exited 0 with a note)."""
-    die = tmp_path / "die"
-    die.mkdir()
-    (die / "sitecustomize.py").write_text("import os, sys\n"
-                                          "if '--multiprocessing-fork' in sys.argv:\n"
-                                          "    os._exit(3)\n")
+    _at_worker_start(tmp_path, monkeypatch, "os._exit(3)\n")
     store = toy_store(tmp_path / "store").path
-    space = tmp_path / "space.yaml"
-    space.write_text("train.batch_size: null\nmodel.hidden_size: null\nmodel.layers: null\n")
-    monkeypatch.setenv("PYTHONPATH", str(die) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    space = _toy_width_space_file(tmp_path)
     code, out, err = run_cli(capsys, "tune", "-m", "early_fusion", "-d", str(store), "--trials", "2", "--epochs", "1",
                              "--space", str(space), "--out", str(tmp_path / "study"), "--workers", "2",
                              "--heartbeat", "1", *[a for s in FIXED for a in ("--set", s)])
@@ -392,8 +398,7 @@ def test_postgresql_study_with_two_workers_on_a_real_server(tmp_path):
                     "(`make tune-deps` as root) to run the PostgreSQL study test")
     store = toy_store(tmp_path / "store").path
     os.chmod(tmp_path, 0o755)  # the cluster runs as the postgres user when we are root
-    space = tmp_path / "space.yaml"
-    space.write_text("train.batch_size: null\nmodel.hidden_size: null\nmodel.layers: null\n")
+    space = _toy_width_space_file(tmp_path)
     url = "postgresql://$PGUSER:$PGPASSWORD@$PGHOST:$PGPORT/$PGDATABASE"
     sets = " ".join(f"--set '{s}'" for s in FIXED)
     check = ("import json, optuna, sys; from mmerkit.tune import storage_url; "

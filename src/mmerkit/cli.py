@@ -225,8 +225,7 @@ def tune(model: str | None = typer.Option(None, "-m", "--model", help="model nam
         logs = res.study_dir / "logs"
         where = f"{res.trials_csv} (each trial's state and note)" + (f" and the worker logs in {logs}"
                                                                       if logs.is_dir() else "")
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] no trial of study {res.study_name!r} "
-                                                   f"completed: see {escape(where)}")
+        say("error", f"no trial of study {res.study_name!r} completed: see {where}")
         raise typer.Exit(1)
     console.print(f"best trial {res.best_trial}: validation {metric} {res.best_value:.4f}", highlight=False)
     for key, value in res.best_params.items():
@@ -326,8 +325,7 @@ def predict(export: Path = typer.Argument(..., help="export directory (RUN/expor
                         transcripts=transcript or None, manifest=manifest, progress=from_media,
                         on_loading=lambda what: console.print(f"{what} ...", highlight=False, style="dim"))
     for sid, why in preds.extra.get("not_predicted", {}).items():  # said per clip, instead of an answer
-        Console(stderr=True, soft_wrap=True).print(f"[bold yellow]warning:[/] {escape(sid)} not predicted: "
-                                                   f"{escape(why)}")
+        say("warning", f"{sid} not predicted: {why}")
     if from_media and out is None:  # with --out the file holds the table; print a summary only
         console.print(_table(_media_rows(preds), "predictions"))
     if from_media:
@@ -566,9 +564,19 @@ def expand_multi_value(argv: list[str], options=("--seeds", "--only", "--final-s
     return out
 
 
+_LABEL_STYLES = {"error": "bold red", "warning": "bold yellow", "interrupted": "bold yellow"}
+
+
+def say(label: str, message: str) -> None:
+    """One `label:` line on stderr (error, warning, interrupted). soft_wrap: one line however
+    narrow the terminal; escape: paths may hold [ ]."""
+    Console(stderr=True, soft_wrap=True).print(f"[{_LABEL_STYLES[label]}]{label}:[/] {escape(message)}",
+                                               highlight=False)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings are one `warning:` line on stderr, not Python's file:line plus source line."""
-    Console(stderr=True, soft_wrap=True).print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False)
+    say("warning", str(message))
 
 
 def _interrupt_note(e: CommandInterrupted, args: list[str]) -> str:
@@ -604,11 +612,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(expand_multi_value(args), prog_name="mmer")
     except CommandInterrupted as e:  # Ctrl-C in training: what was saved and how to go on; 130 as shells do
-        Console(stderr=True, soft_wrap=True).print(f"[bold yellow]interrupted:[/] {escape(_interrupt_note(e, args))}")
+        say("interrupted", _interrupt_note(e, args))
         sys.exit(130)
     except MMERError as e:
-        # soft_wrap: one line per message however narrow the terminal; escape: paths may hold [ ]
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(e))}")
+        say("error", str(e))
         sys.exit(2)
     except OSError as e:
         if e.errno not in _FILE_SYSTEM_ERRORS:
@@ -616,8 +623,7 @@ def main(argv: list[str] | None = None) -> None:
         # the commands check their output folders first; this catches a disk that fills, or a
         # folder made read-only, during the work: one line naming the file, not a traceback
         where = f"{e.filename}: " if e.filename else ""
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(where + e.strerror)}; "
-                                                   "free space or choose a writable --out folder")
+        say("error", f"{where}{e.strerror}; free space or choose a writable --out folder")
         sys.exit(2)
     finally:
         warnings.showwarning = shown
